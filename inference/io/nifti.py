@@ -1,0 +1,98 @@
+"""Reading and writing NIfTI images with validation (nibabel)."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import NDArray
+
+from inference.errors import InputError
+from inference.geometry import voxel_spacing
+from inference.io.atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 3D image: voxel array plus its voxel-to-world matrix.
+
+    ``array[i, j, k]`` is the intensity at voxel ``(i, j, k)``;
+    ``world_mm = vox2world @ [i, j, k, 1]`` (NIfTI RAS+, the header's best affine).
+    """
+
+    array: NDArray[np.float32]
+    vox2world: NDArray[np.float64]
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> NDArray[np.float64]:
+        """Voxel size (mm) along the array axes."""
+        return voxel_spacing(self.vox2world)
+
+
+def _load(path: Path, case: str | None) -> nib.Nifti1Image:
+    if not path.is_file():
+        raise InputError("file not found", path=path, case=case)
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for bad headers
+        raise InputError(f"not a readable NIfTI image ({exc})", path=path, case=case) from exc
+    return img
+
+
+def read_image(path: str | Path, case: str | None = None, *, allow_nonfinite: bool = False) -> Image:
+    """Read a 3D NIfTI image as float32 and validate it.
+
+    Raises :class:`InputError` naming the case and the file when the file is missing, corrupt
+    (including a truncated ``.gz``), not 3D (a trailing singleton 4th axis is accepted), or
+    holds NaN/Inf values.
+    """
+    path = Path(path)
+    img = _load(path, case)
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"expected a 3D image, found shape {img.shape}", path=path, case=case)
+    try:
+        array = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        raise InputError(f"image data is truncated or corrupt ({exc})", path=path, case=case) from exc
+    if not allow_nonfinite and not np.isfinite(array).all():
+        n_bad = int((~np.isfinite(array)).sum())
+        raise InputError(f"{n_bad} voxels are NaN or Inf", path=path, case=case)
+    vox2world = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(vox2world).all() or abs(np.linalg.det(vox2world[:3, :3])) < 1e-12:
+        raise InputError("the header's voxel-to-world matrix is singular or invalid", path=path, case=case)
+    return Image(array=array, vox2world=vox2world, path=path)
+
+
+def read_header(path: str | Path, case: str | None = None) -> tuple[tuple[int, ...], NDArray[np.float64]]:
+    """Shape and ``vox2world`` of a NIfTI file, without reading its voxels."""
+    path = Path(path)
+    img = _load(path, case)
+    return tuple(img.shape), np.asarray(img.affine, dtype=np.float64)
+
+
+def header_spacing(path: str | Path) -> NDArray[np.float64]:
+    """Voxel size from the header's ``pixdim`` (``get_zooms()[:3]``), as the challenge reads it."""
+    return np.asarray(nib.load(str(path)).header.get_zooms()[:3], dtype=np.float64)
+
+
+def write_image(path: str | Path, array: NDArray, vox2world: NDArray, dtype: type = np.float32) -> Path:
+    """Write a NIfTI image atomically; sform and qform both carry ``vox2world``."""
+    path = Path(path)
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(vox2world, dtype=np.float64))
+    img.set_sform(np.asarray(vox2world), code=1)
+    img.set_qform(np.asarray(vox2world), code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

@@ -1,0 +1,3 @@
+from remind2reg.cli import main
+
+raise SystemExit(main())

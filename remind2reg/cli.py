@@ -1,0 +1,144 @@
+"""The ``remind2reg`` command line: ``register``, ``evaluate`` and ``synth`` subcommands.
+
+Exit codes: 0 success, 1 a step failed, 2 bad command line, 3 invalid or missing input
+(see :mod:`inference.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, InputError, Remind2RegError
+from remind2reg import __version__
+
+log = logging.getLogger("remind2reg")
+
+MODALITY_CHOICES = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
+
+
+def _add_register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("register", help="register every (US, MR) pair of an input folder")
+    p.add_argument(
+        "--input", required=True, type=Path, help="ReMIND2Reg folder (dataset root or flat /input)"
+    )
+    p.add_argument("--output", required=True, type=Path, help="folder for disp_*.nii.gz and timings.json")
+    p.add_argument("--method", default="identity", choices=["identity"], help="registration method")
+    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
+    p.set_defaults(func=_run_register)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score predicted fields on landmarks, as the challenge does")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder with images and landmarks")
+    p.add_argument("--pred", required=True, type=Path, help="folder with disp_*.nii.gz")
+    p.add_argument("--json", type=Path, help="write metrics JSON (official layout + extras)")
+    p.add_argument("--csv", type=Path, help="write one CSV row per pair")
+    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate a synthetic ReMIND2Reg-format dataset with ground truth")
+    p.add_argument("--out", required=True, type=Path, help="output dataset folder")
+    p.add_argument("--cases", type=int, default=2, help="number of cases")
+    p.add_argument("--source", default="mni", choices=["mni", "shared"], help="pre-operative MRI source")
+    p.add_argument(
+        "--shared-data", type=Path, default=None, help="shared data folder (default ../shared/data)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=256,
+        help="voxels per side; the field of view stays 128 mm (256 -> 0.5 mm)",
+    )
+    p.add_argument("--first-case", type=int, default=1, help="number of the first case (4 digits in names)")
+    p.set_defaults(func=_run_synth)
+
+
+def _resolve_device(requested: str) -> str:
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise Remind2RegError("--device cuda was requested but no CUDA device is available")
+    log.warning("No CUDA device available: running on the CPU")
+    return "cpu"
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    from inference.pipeline import register_folder
+
+    device = _resolve_device(args.device)
+    register_folder(
+        args.input,
+        args.output,
+        method=args.method,
+        modalities=MODALITY_CHOICES[args.modalities],
+        device=device,
+    )
+    return EXIT_OK
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.evaluate import evaluate, write_report
+
+    report = evaluate(args.data, args.pred, MODALITY_CHOICES[args.modalities])
+    print(report.table())
+    write_report(report, args.json, args.csv)
+    return EXIT_OK
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from synthesis.generate import SynthConfig, generate_dataset
+
+    config = SynthConfig(grid=args.grid)
+    generate_dataset(
+        args.out,
+        n_cases=args.cases,
+        source=args.source,
+        seed=args.seed,
+        config=config,
+        shared_data=args.shared_data,
+        first_case=args.first_case,
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="remind2reg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_register(sub)
+    _add_evaluate(sub)
+    _add_synth(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        return args.func(args)
+    except InputError as exc:
+        log.error("%s", exc)
+        return EXIT_INPUT
+    except Remind2RegError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

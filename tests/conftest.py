@@ -1,0 +1,51 @@
+"""Shared fixtures: oblique grids and tiny ReMIND2Reg folders made on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("REMIND2REG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def oblique_vox2world(spacing=(0.7, 0.5, 0.9), angles_deg=(17.0, -23.0, 31.0), origin=(-40.0, 12.5, 88.0)):
+    """A vox2world with anisotropic spacing and an oblique, non-axis-aligned rotation."""
+    rot = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+    out = np.eye(4)
+    out[:3, :3] = rot @ np.diag(spacing)
+    out[:3, 3] = origin
+    return out
+
+
+@pytest.fixture
+def oblique_grid():
+    """(shape, vox2world): a non-cubic shape on an oblique, anisotropic grid."""
+    return (23, 31, 19), oblique_vox2world()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set REMIND2REG_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def make_case_files(
+    root: Path, case: str, shape, vox2world, modalities=("0000", "0001", "0002"), layout="imagesTr"
+):
+    """Write small random images for one case; returns their paths by modality."""
+    from inference.io.nifti import write_image
+
+    folder = root / layout if layout else root
+    rng = np.random.default_rng(int(case))
+    paths = {}
+    for mod in modalities:
+        path = folder / f"ReMIND2Reg_{case}_{mod}.nii.gz"
+        write_image(path, rng.random(shape).astype(np.float32), vox2world)
+        paths[mod] = path
+    return paths
