@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -34,7 +35,7 @@ def test_flat_folder_pairs_each_mr_with_its_us(tmp_path):
 
 def test_images_tr_folder_and_missing_us_is_an_error(tmp_path):
     make_case_files(tmp_path, "0007", SHAPE, np.eye(4), modalities=("0001",))
-    with pytest.raises(InputError, match="case 0007.*no ultrasound"):
+    with pytest.raises(InputError, match=r"case 0007.*no ultrasound"):
         find_pairs(tmp_path)
 
 
@@ -54,10 +55,13 @@ def _write_json(root, **lists):
 def test_dataset_json_prefers_test_then_val_then_training(tmp_path):
     make_case_files(tmp_path, "0001", SHAPE, np.eye(4))
     make_case_files(tmp_path, "0002", SHAPE, np.eye(4))
-    pair = lambda c, m: {
-        "fixed": f"./imagesTr/ReMIND2Reg_{c}_0000.nii.gz",
-        "moving": f"./imagesTr/ReMIND2Reg_{c}_{m}.nii.gz",
-    }  # noqa: E731
+
+    def pair(c, m):
+        return {
+            "fixed": f"./imagesTr/ReMIND2Reg_{c}_0000.nii.gz",
+            "moving": f"./imagesTr/ReMIND2Reg_{c}_{m}.nii.gz",
+        }
+
     training = [{"image": f"./imagesTr/ReMIND2Reg_0001_{m}.nii.gz"} for m in ("0000", "0001", "0002")]
     _write_json(
         tmp_path,
@@ -83,7 +87,7 @@ def test_dataset_json_that_disagrees_with_files_names_the_file(tmp_path):
             }
         ],
     )
-    with pytest.raises(InputError, match="ReMIND2Reg_0003_0000.nii.gz.*does not exist"):
+    with pytest.raises(InputError, match=r"ReMIND2Reg_0003_0000\.nii\.gz.*does not exist"):
         find_pairs(tmp_path)
 
 
@@ -173,8 +177,8 @@ def test_read_image_rejects_bad_files_with_case_and_file(tmp_path):
 
 def test_registration_pair_names():
     pair = RegistrationPair(
-        fixed=__import__("pathlib").Path("ReMIND2Reg_0099_0000.nii.gz"),
-        moving=__import__("pathlib").Path("ReMIND2Reg_0099_0002.nii.gz"),
+        fixed=Path("ReMIND2Reg_0099_0000.nii.gz"),
+        moving=Path("ReMIND2Reg_0099_0002.nii.gz"),
     )
     assert pair.output_name == "disp_0099_0000_0099_0002.nii.gz"
     assert pair.key == "0099_0000<--0099_0002"

@@ -1,0 +1,237 @@
+"""Pre-operative brains for the simulator: T1 (ceT1-like), T2 and a tissue label map.
+
+Two sources:
+
+* ``mni``: the MNI152 2009a template and its GM/WM probability maps, which ship inside the
+  nilearn wheel (works on a fresh clone). A T2-like image is derived from the tissue
+  probabilities, since none ships; a tumour is inserted per case by :func:`insert_tumour`.
+* ``shared``: the real glioma / metastasis MRI (ceT1 + T2) in ``../shared/data/mri``; tissues
+  come from an intensity classification and the tumour from the enhancing lesion.
+
+All arrays are on the source's own 1 mm grid, ``world = vox2world @ [i, j, k, 1]``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from inference.geometry import apply_affine
+from synthesis import labels as L
+
+log = logging.getLogger(__name__)
+
+SHARED_SUBJECTS = {
+    "BraTS-GLI-00001-000": ("BraTS-GLI-00001-000-t1c.nii.gz", "BraTS-GLI-00001-000-t2w.nii.gz"),
+    "AURORA": ("AURORA-t1c.nii.gz", "AURORA-t2.nii.gz"),
+}
+MNI_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+@dataclass(frozen=True)
+class SourceBrain:
+    """A pre-operative brain on its source grid (float32 images scaled to about [0, 1000])."""
+
+    name: str
+    t1: NDArray[np.float32]
+    t2: NDArray[np.float32]
+    labels: NDArray[np.uint8]
+    vox2world: NDArray[np.float64]
+    midline_x_mm: float  # world x of the interhemispheric plane
+
+    @property
+    def brain_mask(self) -> NDArray[np.bool_]:
+        return (self.labels != L.BACKGROUND) & (self.labels != L.FALX) | (self.labels == L.FALX)
+
+    def tumour_centre_world(self) -> NDArray[np.float64] | None:
+        idx = np.argwhere(self.labels == L.TUMOUR)
+        if len(idx) == 0:
+            return None
+        return apply_affine(self.vox2world, idx.mean(axis=0)[None])[0]
+
+
+def _nilearn_data_dir() -> Path:
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the MNI source needs the 'nilearn' package (pip install nilearn)")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+def _scale(image: NDArray, mask: NDArray, reference: float = 600.0) -> NDArray[np.float32]:
+    """Scale intensities so that the median inside ``mask`` is ``reference``."""
+    med = float(np.median(image[mask])) if mask.any() else 1.0
+    return (image * (reference / max(med, 1e-6))).astype(np.float32)
+
+
+def _deep_csf(csf: NDArray[np.bool_], brain: NDArray[np.bool_], depth_mm: float) -> NDArray[np.bool_]:
+    """CSF deeper than ``depth_mm`` below the brain surface: ventricles (1 mm grid)."""
+    filled = ndimage.binary_fill_holes(ndimage.binary_closing(brain, iterations=4))
+    depth = ndimage.distance_transform_edt(filled)
+    deep = csf & (depth > depth_mm)
+    # Keep the big connected pieces: ventricles, not deep sulci fragments.
+    lab, n = ndimage.label(deep)
+    if n == 0:
+        return deep
+    sizes = ndimage.sum_labels(deep, lab, index=np.arange(1, n + 1))
+    keep = np.flatnonzero(sizes >= 200) + 1
+    return np.isin(lab, keep)
+
+
+def _falx(labels: NDArray[np.uint8], vox2world: NDArray, midline_x_mm: float) -> NDArray[np.bool_]:
+    """CSF voxels within 1 mm of the midline plane: the falx in the interhemispheric fissure."""
+    i = np.arange(labels.shape[0], dtype=np.float64)
+    # world x of voxel i along the first axis (the sources here are axis-aligned RAS/LPS grids).
+    x = vox2world[0, 0] * i + vox2world[0, 3]
+    near = np.abs(x - midline_x_mm) <= 1.0
+    return (labels == L.CSF) & near[:, None, None]
+
+
+def load_mni() -> SourceBrain:
+    """The MNI152 2009a template with labels and a derived T2-like image (no tumour yet)."""
+    folder = _nilearn_data_dir()
+    imgs = {k: nib.load(str(folder / f)) for k, f in MNI_FILES.items()}
+    vox2world = np.asarray(imgs["t1"].affine, dtype=np.float64)
+    t1 = np.asarray(imgs["t1"].dataobj, dtype=np.float32)
+    gm = np.asarray(imgs["gm"].dataobj, dtype=np.float32) / 255.0
+    wm = np.asarray(imgs["wm"].dataobj, dtype=np.float32) / 255.0
+    tissue = gm + wm
+    brain = ndimage.binary_fill_holes(ndimage.binary_closing(tissue > 0.1, iterations=2))
+    brain = ndimage.binary_dilation(brain, iterations=1)
+    labels = np.zeros(t1.shape, dtype=np.uint8)
+    labels[brain] = L.CSF
+    labels[brain & (gm > 0.35)] = L.GREY_MATTER
+    labels[brain & (wm > 0.5) & (wm >= gm)] = L.WHITE_MATTER
+    csf = labels == L.CSF
+    labels[_deep_csf(csf, brain, depth_mm=14.0)] = L.VENTRICLE
+    labels[_falx(labels, vox2world, 0.0)] = L.FALX
+    # T2-like contrast from tissue fractions: CSF bright, GM > WM; outside the brain a dim
+    # version of the T1 (scalp, fat and bone look different in T2, but the US never sees them).
+    csf_frac = np.clip(1.0 - tissue, 0.0, 1.0) * brain
+    t2 = 1.0 * csf_frac + 0.55 * gm + 0.38 * wm
+    t2 = np.where(brain, t2, 0.25 * t1 / max(float(t1.max()), 1.0))
+    t2 = ndimage.gaussian_filter(t2, 0.6)
+    return SourceBrain(
+        name="MNI152",
+        t1=_scale(t1, labels == L.WHITE_MATTER),
+        t2=_scale(t2, labels == L.WHITE_MATTER, reference=300.0),
+        labels=labels,
+        vox2world=vox2world,
+        midline_x_mm=0.0,
+    )
+
+
+def load_shared(data_dir: str | Path, subject: str) -> SourceBrain:
+    """A real pre-operative ceT1 + T2 pair from ``data_dir/mri`` with estimated labels.
+
+    Tissue classes come from three intensity classes of the ceT1 inside the brain; the tumour
+    is the largest bright (enhancing) component with its enclosed core filled.
+    """
+    t1_name, t2_name = SHARED_SUBJECTS[subject]
+    folder = Path(data_dir) / "mri"
+    img1 = nib.load(str(folder / t1_name))
+    vox2world = np.asarray(img1.affine, dtype=np.float64)
+    t1 = np.asarray(img1.dataobj, dtype=np.float32)
+    t2 = np.asarray(nib.load(str(folder / t2_name)).dataobj, dtype=np.float32)
+    brain = ndimage.binary_fill_holes((t1 > 0) | (t2 > 0))
+    tumour = _enhancing_lesion(t1, brain)
+    classes = _three_classes(t1, brain & ~tumour)
+    labels = np.zeros(t1.shape, dtype=np.uint8)
+    labels[brain] = classes[brain]
+    labels[tumour] = L.TUMOUR
+    labels[_deep_csf(labels == L.CSF, brain, depth_mm=14.0)] = L.VENTRICLE
+    centre = apply_affine(vox2world, np.argwhere(brain).mean(axis=0)[None])[0]
+    labels[_falx(labels, vox2world, float(centre[0]))] = L.FALX
+    wm = labels == L.WHITE_MATTER
+    return SourceBrain(
+        name=subject,
+        t1=_scale(t1, wm),
+        t2=_scale(t2, wm, reference=300.0),
+        labels=labels,
+        vox2world=vox2world,
+        midline_x_mm=float(centre[0]),
+    )
+
+
+def _three_classes(t1: NDArray, mask: NDArray[np.bool_], iterations: int = 20) -> NDArray[np.uint8]:
+    """CSF / GM / WM by 1D k-means on the ceT1 intensities inside ``mask``."""
+    values = t1[mask]
+    centres = np.percentile(values, [10, 50, 85]).astype(np.float64)
+    for _ in range(iterations):
+        assign = np.argmin(np.abs(values[:, None] - centres[None]), axis=1)
+        centres = np.array(
+            [values[assign == c].mean() if (assign == c).any() else centres[c] for c in range(3)]
+        )
+    assign = np.argmin(np.abs(t1[..., None] - centres), axis=-1)
+    codes = np.array([L.CSF, L.GREY_MATTER, L.WHITE_MATTER], dtype=np.uint8)
+    return codes[assign]
+
+
+def _enhancing_lesion(
+    t1: NDArray, brain: NDArray[np.bool_], min_volume_mm3: float = 1000.0
+) -> NDArray[np.bool_]:
+    """The largest enhancing component of a ceT1, closed and hole-filled (rim + core)."""
+    bright = brain & (t1 > np.percentile(t1[brain], 98.5))
+    bright = ndimage.binary_closing(bright, iterations=3)
+    lab, n = ndimage.label(bright)
+    if n == 0:
+        return np.zeros_like(brain)
+    sizes = ndimage.sum_labels(bright, lab, index=np.arange(1, n + 1))
+    best = int(np.argmax(sizes)) + 1
+    lesion = ndimage.binary_fill_holes(lab == best)
+    if lesion.sum() < min_volume_mm3:
+        log.warning("No enhancing lesion larger than %.0f mm^3 found", min_volume_mm3)
+    return lesion & brain
+
+
+def insert_tumour(
+    brain: SourceBrain, centre_vox: NDArray, radius_mm: float, rng: np.random.Generator, enhancing: bool
+) -> SourceBrain:
+    """A copy of ``brain`` with a tumour blob at ``centre_vox`` (source voxels, 1 mm grid).
+
+    The blob is a sphere roughened by smooth noise. Enhancing (high-grade-like): bright rim and
+    dark necrotic core in ceT1; otherwise (low-grade-like): mildly hypointense in ceT1.
+    Both are T2-hyperintense. Labels inside become TUMOUR.
+    """
+    half = int(np.ceil(radius_mm * 1.6)) + 2
+    lo = np.maximum(np.round(centre_vox).astype(int) - half, 0)
+    hi = np.minimum(np.round(centre_vox).astype(int) + half + 1, brain.labels.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
+    dist = np.linalg.norm(grid - np.asarray(centre_vox), axis=-1)
+    noise = ndimage.gaussian_filter(rng.standard_normal(dist.shape), 3.0)
+    noise /= max(float(noise.std()), 1e-6)
+    level = dist / radius_mm + 0.15 * noise
+    inside = (level < 1.0) & (brain.labels[box] != L.BACKGROUND)
+    rim = inside & (level > 0.75)
+
+    t1, t2, labels = brain.t1.copy(), brain.t2.copy(), brain.labels.copy()
+    wm_level = float(np.median(brain.t1[brain.labels == L.WHITE_MATTER]))
+    t2_csf = (
+        float(np.median(brain.t2[brain.labels == L.VENTRICLE]))
+        if (brain.labels == L.VENTRICLE).any()
+        else 900.0
+    )
+    t1_box, t2_box = t1[box], t2[box]
+    if enhancing:
+        t1_box[inside] = 0.45 * wm_level
+        t1_box[rim] = 1.35 * wm_level
+    else:
+        t1_box[inside] = 0.7 * wm_level
+    t2_box[inside] = 0.85 * t2_csf
+    t2_box[rim] = 0.7 * t2_csf
+    texture = 1.0 + 0.05 * ndimage.gaussian_filter(rng.standard_normal(dist.shape), 1.0)
+    t1_box[inside] *= texture[inside]
+    t2_box[inside] *= texture[inside]
+    labels[box][inside] = L.TUMOUR
+    return replace(brain, t1=t1, t2=t2, labels=labels)
