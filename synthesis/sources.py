@@ -28,9 +28,25 @@ from synthesis import labels as L
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class SharedSubject:
+    """A real MRI pair in ``shared/data/mri`` and an approximate lesion centre.
+
+    ``lesion_seed_vox`` (voxels of the 1 mm source grid) was read off the images by eye, as a
+    dataset ROI would be: intensity alone cannot tell a cystic lesion from the ventricles.
+    """
+
+    t1: str
+    t2: str
+    lesion_seed_vox: tuple[int, int, int]
+
+
 SHARED_SUBJECTS = {
-    "BraTS-GLI-00001-000": ("BraTS-GLI-00001-000-t1c.nii.gz", "BraTS-GLI-00001-000-t2w.nii.gz"),
-    "AURORA": ("AURORA-t1c.nii.gz", "AURORA-t2.nii.gz"),
+    "BraTS-GLI-00001-000": SharedSubject(
+        "BraTS-GLI-00001-000-t1c.nii.gz", "BraTS-GLI-00001-000-t2w.nii.gz", (170, 102, 67)
+    ),
+    "AURORA": SharedSubject("AURORA-t1c.nii.gz", "AURORA-t2.nii.gz", (90, 65, 72)),
 }
 MNI_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -52,7 +68,7 @@ class SourceBrain:
 
     @property
     def brain_mask(self) -> NDArray[np.bool_]:
-        return (self.labels != L.BACKGROUND) & (self.labels != L.FALX) | (self.labels == L.FALX)
+        return self.labels != L.BACKGROUND
 
     def tumour_centre_world(self) -> NDArray[np.float64] | None:
         idx = np.argwhere(self.labels == L.TUMOUR)
@@ -135,16 +151,16 @@ def load_shared(data_dir: str | Path, subject: str) -> SourceBrain:
     """A real pre-operative ceT1 + T2 pair from ``data_dir/mri`` with estimated labels.
 
     Tissue classes come from three intensity classes of the ceT1 inside the brain; the tumour
-    is the largest bright (enhancing) component with its enclosed core filled.
+    is the abnormal region (T2-bright or enhancing) connected to the subject's lesion seed.
     """
-    t1_name, t2_name = SHARED_SUBJECTS[subject]
+    meta = SHARED_SUBJECTS[subject]
     folder = Path(data_dir) / "mri"
-    img1 = nib.load(str(folder / t1_name))
+    img1 = nib.load(str(folder / meta.t1))
     vox2world = np.asarray(img1.affine, dtype=np.float64)
     t1 = np.asarray(img1.dataobj, dtype=np.float32)
-    t2 = np.asarray(nib.load(str(folder / t2_name)).dataobj, dtype=np.float32)
+    t2 = np.asarray(nib.load(str(folder / meta.t2)).dataobj, dtype=np.float32)
     brain = ndimage.binary_fill_holes((t1 > 0) | (t2 > 0))
-    tumour = _enhancing_lesion(t1, brain)
+    tumour = lesion_from_seed(t1, t2, brain, meta.lesion_seed_vox)
     classes = _three_classes(t1, brain & ~tumour)
     labels = np.zeros(t1.shape, dtype=np.uint8)
     labels[brain] = classes[brain]
@@ -177,21 +193,36 @@ def _three_classes(t1: NDArray, mask: NDArray[np.bool_], iterations: int = 20) -
     return codes[assign]
 
 
-def _enhancing_lesion(
-    t1: NDArray, brain: NDArray[np.bool_], min_volume_mm3: float = 1000.0
+def lesion_from_seed(
+    t1: NDArray,
+    t2: NDArray,
+    brain: NDArray[np.bool_],
+    seed_vox: tuple[int, int, int],
+    radius_vox: float = 30.0,
 ) -> NDArray[np.bool_]:
-    """The largest enhancing component of a ceT1, closed and hole-filled (rim + core)."""
-    bright = brain & (t1 > np.percentile(t1[brain], 98.5))
-    bright = ndimage.binary_closing(bright, iterations=3)
-    lab, n = ndimage.label(bright)
+    """The lesion around ``seed_vox``: T2-bright (>90th percentile) or enhancing (>97th
+    percentile of the ceT1) voxels within ``radius_vox``, closed, hole-filled and opened; the
+    connected piece that contains the seed, or the nearest one."""
+    lo = np.maximum(np.asarray(seed_vox) - int(radius_vox), 0)
+    hi = np.minimum(np.asarray(seed_vox) + int(radius_vox) + 1, brain.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
+    near = np.linalg.norm(grid - np.asarray(seed_vox), axis=-1) < radius_vox
+    abnormal = (t2[box] > np.percentile(t2[brain], 90)) | (t1[box] > np.percentile(t1[brain], 97))
+    abnormal &= brain[box] & near
+    abnormal = ndimage.binary_opening(
+        ndimage.binary_fill_holes(ndimage.binary_closing(abnormal, iterations=2)), iterations=2
+    )
+    lab, n = ndimage.label(abnormal)
     if n == 0:
-        return np.zeros_like(brain)
-    sizes = ndimage.sum_labels(bright, lab, index=np.arange(1, n + 1))
-    best = int(np.argmax(sizes)) + 1
-    lesion = ndimage.binary_fill_holes(lab == best)
-    if lesion.sum() < min_volume_mm3:
-        log.warning("No enhancing lesion larger than %.0f mm^3 found", min_volume_mm3)
-    return lesion & brain
+        raise ValueError(f"no lesion found near voxel {seed_vox}")
+    local_seed = tuple(np.asarray(seed_vox) - lo)
+    if lab[local_seed] == 0:
+        nearest = ndimage.distance_transform_edt(lab == 0, return_indices=True)[1]
+        local_seed = tuple(nearest[(slice(None), *local_seed)])
+    lesion = np.zeros(brain.shape, dtype=bool)
+    lesion[box] = lab == lab[local_seed]
+    return lesion
 
 
 def insert_tumour(

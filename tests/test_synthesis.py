@@ -106,3 +106,18 @@ def test_pick_landmarks_respects_mask_and_separation():
     assert len(pts) == 12 and allowed[tuple(pts.astype(int).T)].all()
     d = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(12) * 1e9
     assert d.min() >= 6.0
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("subject", ["AURORA", "BraTS-GLI-00001-000"])
+def test_shared_subjects_have_their_lesion_at_the_seed(shared_data, subject):
+    from synthesis.sources import SHARED_SUBJECTS, load_shared
+
+    brain = load_shared(shared_data, subject)
+    lesion = np.argwhere(brain.labels == L.TUMOUR)
+    assert 2_000 < len(lesion) < 80_000  # mm^3 on the 1 mm grid: 2-80 cm^3
+    seed = np.asarray(SHARED_SUBJECTS[subject].lesion_seed_vox)
+    assert np.linalg.norm(lesion.mean(axis=0) - seed) < 15.0
+    # Tissue classes are ordered in the ceT1: CSF < GM < WM.
+    means = [brain.t1[brain.labels == c].mean() for c in (L.CSF, L.GREY_MATTER, L.WHITE_MATTER)]
+    assert means[0] < means[1] < means[2]
