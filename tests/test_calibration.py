@@ -1,0 +1,114 @@
+"""Tests of the ultrasound statistics (synthesis/calibration.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from synthesis.calibration import (
+    UsStatistics,
+    autocorrelation_fwhm,
+    estimate_beam_axis,
+    resect_statistics,
+    sector_mask_from_volume,
+    statistics_table,
+    us_statistics,
+)
+from synthesis.ultrasound import Sector, sector_mask
+
+SHARED_DATA = Path(
+    os.environ.get("REMIND2REG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+SP = 0.5
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt(2.0)  # ACF of filtered noise
+
+
+def correlated_volume(sigmas_vox, n=64, seed=0):
+    """Positive Gaussian-filtered white noise inside a box, zero outside."""
+    rng = np.random.default_rng(seed)
+    g = ndimage.gaussian_filter(rng.standard_normal((n, n, n)), sigmas_vox, mode="wrap")
+    vol = (50.0 + 10.0 * g / g.std()).astype(np.float32)
+    out = np.zeros_like(vol)
+    out[4:-4, 4:-4, 4:-4] = vol[4:-4, 4:-4, 4:-4]
+    return out
+
+
+@pytest.mark.parametrize("sigmas", [(1.5, 1.5, 1.5), (1.0, 2.0, 1.5)])
+def test_speckle_size_recovered(sigmas):
+    vol = correlated_volume(sigmas)
+    mask = sector_mask_from_volume(vol)
+    fwhm = autocorrelation_fwhm(vol, mask, SP)
+    expect = FWHM_PER_SIGMA * np.asarray(sigmas) * SP
+    assert np.allclose(fwhm, expect, rtol=0.15), (fwhm, expect)
+
+
+def test_speckle_size_distinguishes_sizes():
+    small = autocorrelation_fwhm(correlated_volume(1.0), sector_mask_from_volume(correlated_volume(1.0)), SP)
+    big_vol = correlated_volume(2.0)
+    big = autocorrelation_fwhm(big_vol, sector_mask_from_volume(big_vol), SP)
+    assert np.all(np.asarray(big) > 1.6 * np.asarray(small))
+
+
+def test_quantiles_near_zero_and_snr():
+    vol = correlated_volume(1.0)
+    inside = vol > 0
+    rng = np.random.default_rng(1)
+    holes = inside & (rng.random(vol.shape) < 0.05)
+    vol[holes] = 0.0  # isolated anechoic voxels inside the sector still count as inside
+    s = us_statistics(vol, SP, name="box")
+    assert isinstance(s, UsStatistics)
+    assert s.q_norm[2] == pytest.approx(1.0)
+    assert s.q_raw[2] == pytest.approx(50.0, abs=1.0)
+    assert s.near_zero_fraction == pytest.approx(0.05, abs=0.01)
+    assert list(s.q_raw) == sorted(s.q_raw)
+    assert s.bbox_fill == pytest.approx(1.0, abs=0.01)
+
+
+def test_beam_axis_opening_and_depth_profile():
+    """RESECT-like truncated fan (40 mm imaged, 70 x 50 deg) on a 1 mm grid."""
+    n, sp = 96, 1.0
+    sec = Sector((-20.0, 48.0, 48.0), (1.0, 0.0, 0.0), depth_mm=65.0, opening_deg=(70.0, 50.0), near_mm=25.0)
+    mask = sector_mask((n, n, n), sp, sec)
+    ii = np.arange(n, dtype=np.float32)[:, None, None]
+    vol = np.where(mask, 100.0 - ii, 0.0).astype(np.float32)  # darker with depth along i
+    axis, _ = estimate_beam_axis(mask)
+    assert axis[0] > 0.95
+    s = us_statistics(vol, sp)
+    assert s.depth_profile[0] == pytest.approx(1.0, abs=0.05)
+    assert np.all(np.diff(s.depth_profile) < 0)
+    assert s.depth_extent_mm == pytest.approx(40.0, abs=3.0)
+    assert s.opening_deg[0] > s.opening_deg[1]
+    assert s.opening_deg[0] == pytest.approx(70.0, abs=10.0)
+    assert s.opening_deg[1] == pytest.approx(50.0, abs=10.0)
+
+
+def test_statistics_table_lists_both_sides():
+    a = us_statistics(correlated_volume(1.0, seed=0), SP, name="a")
+    b = us_statistics(correlated_volume(1.5, seed=1), SP, name="b")
+    table = statistics_table([a, a], [b])
+    lines = table.splitlines()
+    assert lines[0].startswith("| statistic | real (n=2)")
+    assert "simulated (n=1)" in lines[0]
+    assert any(line.startswith("| speckle FWHM mean (mm) |") for line in lines)
+    assert len(lines) > 20
+
+
+@pytest.mark.shared_data
+def test_resect_statistics_real_volumes(tmp_path):
+    folder = SHARED_DATA / "resect_us"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} missing")
+    files = sorted(folder.glob("*.nii.gz"))[:2]  # two volumes keep the test fast
+    for f in files:
+        (tmp_path / f.name).symlink_to(f)
+    stats = resect_statistics(str(tmp_path))
+    assert [s.name for s in stats] == [f.name.split(".")[0] for f in files]
+    for s in stats:
+        assert 0.5 < np.mean(s.speckle_fwhm_mm) < 5.0
+        assert 30.0 < s.depth_extent_mm < 60.0
+        assert 0.1 < s.bbox_fill < 0.6
+        assert s.q_raw[0] > 0
