@@ -24,10 +24,9 @@ from inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs
 from inference.io.displacement import read_displacement
 from inference.io.landmarks import read_landmarks_csv
 from inference.io.nifti import header_spacing, read_header
+from inference.pipeline import TIMINGS_FILE
 
 log = logging.getLogger(__name__)
-
-TIMINGS_FILE = "timings.json"
 
 
 @dataclass

@@ -30,6 +30,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from evaluation.metrics import sample_displacement
+from inference.errors import InputError
 from inference.geometry import apply_affine
 from inference.io.atomic import write_text_atomic
 from inference.io.landmarks import write_landmarks_csv
@@ -52,7 +53,10 @@ from synthesis.ultrasound import Sector, random_sector, render_ultrasound, secto
 log = logging.getLogger(__name__)
 
 TASK = "ReMIND2Reg"
-DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the repository, unless REMIND2REG_SHARED_DATA says otherwise.
+DEFAULT_SHARED = Path(
+    os.environ.get("REMIND2REG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 GEOMETRY_FILE = Path("remind2reg_geometry") / "validation_affines.json"
 
 
@@ -551,8 +555,6 @@ def generate_dataset(
     out = Path(out)
     shared = Path(shared_data) if shared_data is not None else DEFAULT_SHARED
     if source == "shared" and not (shared / "mri").is_dir():
-        from inference.errors import InputError
-
         raise InputError(
             "--source shared needs the shared MRI folder (set --shared-data)", path=shared / "mri"
         )
