@@ -25,7 +25,14 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         "--input", required=True, type=Path, help="ReMIND2Reg folder (dataset root or flat /input)"
     )
     p.add_argument("--output", required=True, type=Path, help="folder for disp_*.nii.gz and timings.json")
-    p.add_argument("--method", default="identity", choices=["identity"], help="registration method")
+    p.add_argument(
+        "--method", default="convex-adam", choices=["convex-adam", "identity"], help="registration method"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML/JSON file overriding the pipeline settings (see inference/config.py)",
+    )
     p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
     p.set_defaults(func=_run_register)
@@ -74,8 +81,10 @@ def _resolve_device(requested: str) -> str:
 
 
 def _run_register(args: argparse.Namespace) -> int:
+    from inference.config import RegistrationConfig
     from inference.pipeline import register_folder
 
+    config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
     device = _resolve_device(args.device)
     register_folder(
         args.input,
@@ -83,6 +92,7 @@ def _run_register(args: argparse.Namespace) -> int:
         method=args.method,
         modalities=MODALITY_CHOICES[args.modalities],
         device=device,
+        config=config,
     )
     return EXIT_OK
 

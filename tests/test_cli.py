@@ -44,7 +44,22 @@ def dataset(tmp_path):
 def test_register_identity_then_evaluate_gives_initial_tre(dataset, tmp_path, capsys):
     root, _, _, fix, mov = dataset
     out = tmp_path / "pred"
-    assert main(["register", "--input", str(root), "--output", str(out), "--device", "cpu"]) == EXIT_OK
+    assert (
+        main(
+            [
+                "register",
+                "--input",
+                str(root),
+                "--output",
+                str(out),
+                "--method",
+                "identity",
+                "--device",
+                "cpu",
+            ]
+        )
+        == EXIT_OK
+    )
     names = sorted(p.name for p in out.glob("disp_*.nii.gz"))
     assert names == [
         "disp_0001_0000_0001_0001.nii.gz",
@@ -182,3 +197,46 @@ def test_register_resamples_a_moving_image_on_another_grid(dataset, tmp_path, ca
     import nibabel as nib
 
     assert nib.load(str(out / "disp_0002_0000_0002_0001.nii.gz")).shape == (*SHAPE, 3)
+
+
+def test_register_convex_adam_writes_fold_free_fields_and_stage_timings(dataset, tmp_path):
+    root = dataset[0]
+    out = tmp_path / "out"
+    config = tmp_path / "fast.toml"
+    config.write_text("[adam]\niterations = 5\n[[convex.levels]]\ngrid_sp = 2\ndisp_hw = 2\n")
+    args = [
+        "register",
+        "--input",
+        str(root),
+        "--output",
+        str(out),
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == EXIT_OK
+    import nibabel as nib
+
+    from evaluation.metrics import folding_percent, jacobian_determinant
+
+    for name in (
+        "disp_0001_0000_0001_0001.nii.gz",
+        "disp_0001_0000_0001_0002.nii.gz",
+        "disp_0002_0000_0002_0001.nii.gz",
+    ):
+        disp = nib.load(str(out / name)).get_fdata()
+        assert disp.shape == (*SHAPE, 3) and np.isfinite(disp).all()
+        assert folding_percent(jacobian_determinant(disp)) == 0.0
+    timings = json.loads((out / "timings.json").read_text())
+    stages = timings["pairs"]["disp_0001_0000_0001_0001.nii.gz"]["stages"]
+    assert {"load", "features", "convex", "adam", "embed", "write"} <= set(stages)
+    assert timings["method"] == "convex-adam" and timings["peak_memory_mb"] > 0
+
+
+def test_register_rejects_a_bad_config_naming_the_file(dataset, tmp_path, caplog):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[adam]\nlearning_rat = 1.0\n")
+    args = ["register", "--input", str(dataset[0]), "--output", str(tmp_path / "o"), "--config", str(bad)]
+    assert main(args) == EXIT_INPUT
+    assert "bad.toml" in caplog.text and "learning_rat" in caplog.text

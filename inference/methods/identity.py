@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import NDArray
 
 from inference.io.nifti import Image
+from inference.methods.base import MethodResult
 
 
-def identity_displacement(fixed: Image, moving: Image) -> NDArray[np.float32]:
+class IdentityMethod:
     """``u(x) = 0`` on the fixed grid, shape ``(I, J, K, 3)``: ``warped = moving(x)``."""
-    del moving  # the identity ignores the images by definition
-    return np.zeros((*fixed.shape, 3), dtype=np.float32)
+
+    name = "identity"
+
+    def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult:
+        return MethodResult(fields={mod: np.zeros((*fixed.shape, 3), dtype=np.float32) for mod in moving})

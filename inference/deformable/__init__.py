@@ -1,0 +1,1 @@
+"""Deformable registration: dense correlation, coupled convex optimisation, Adam refinement."""

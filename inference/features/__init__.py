@@ -1,0 +1,1 @@
+"""Modality-independent image features."""

@@ -1,0 +1,112 @@
+"""MIND-SSC: modality independent neighbourhood descriptor, self-similarity context.
+
+Heinrich et al., MICCAI 2013. For every voxel, 12 channels compare pairs of its 6 face
+neighbours at distance ``dilation`` that are ``sqrt(2) * dilation`` apart (the centre voxel
+is not used). Channel ``c`` holds the patch distance of neighbour pair ``PAIRS[c]``:
+
+    D_c(x) = box_r( (I(x + a_c) - I(x + b_c))^2 )          (box of side 2r + 1)
+    MIND_c(x) = exp( -(D_c(x) - min_c D_c(x)) / V(x) )
+
+with ``V(x)`` the mean of ``D_c(x)`` over channels, clamped to ``[1e-3, 1e3]`` times its
+mean over the volume. The result lies in ``(0, 1]``, is invariant to intensity offset and
+scale, and approximately invariant to monotone intensity maps.
+
+Tensors are ``(N, C, I, J, K)``: batch, channel, then the three array axes.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+# The six face-neighbour directions (array axes i, j, k).
+NEIGHBOURS: tuple[tuple[int, int, int], ...] = (
+    (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1),
+)  # fmt: skip
+# The 12 neighbour pairs that are sqrt(2) apart: every pair except the 3 opposite ones.
+PAIRS: tuple[tuple[int, int], ...] = tuple(
+    (a, b)
+    for a, b in itertools.combinations(range(6), 2)
+    if sum((p - q) ** 2 for p, q in zip(NEIGHBOURS[a], NEIGHBOURS[b], strict=True)) == 2
+)
+N_CHANNELS = len(PAIRS)  # 12
+
+
+def shift(volume: torch.Tensor, offset: tuple[int, int, int]) -> torch.Tensor:
+    """``out[..., x] = volume[..., x + offset]`` with edge replication, same shape."""
+    d = max(abs(o) for o in offset)
+    if d == 0:
+        return volume
+    # F.pad takes (k_lo, k_hi, j_lo, j_hi, i_lo, i_hi): the last axis first.
+    padded = F.pad(volume, (d, d, d, d, d, d), mode="replicate")
+    i, j, k = volume.shape[-3:]
+    oi, oj, ok = (d + o for o in offset)
+    return padded[..., oi : oi + i, oj : oj + j, ok : ok + k]
+
+
+def box_filter(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a (2r+1)^3 box, separably along i, j, k, with edge replication."""
+    if radius <= 0:
+        return volume
+    n, c = volume.shape[:2]
+    size = 2 * radius + 1
+    out = volume.reshape(n * c, 1, *volume.shape[-3:])
+    kernel = torch.full((1, 1, size), 1.0 / size, dtype=volume.dtype, device=volume.device)
+    for axis in range(3):
+        # Move the filtered axis last, filter with conv1d, move it back.
+        moved = out.movedim(2 + axis, -1)
+        shape = moved.shape
+        flat = F.pad(moved.reshape(-1, 1, shape[-1]), (radius, radius), mode="replicate")
+        out = F.conv1d(flat, kernel).reshape(shape).movedim(-1, 2 + axis)
+    return out.reshape(volume.shape)
+
+
+def mind_ssc(
+    image: torch.Tensor,
+    radius: int = 1,
+    dilation: int = 2,
+    mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """MIND-SSC features ``(N, 12, I, J, K)`` of an image ``(N, 1, I, J, K)``.
+
+    ``mask`` (same shape as ``image``, 1 inside the valid region, e.g. the US sector) makes
+    the descriptor ignore everything outside it: a squared difference counts only where both
+    of its samples lie inside, and each box mean is normalised by the number of such samples
+    (normalised convolution). The sector border therefore creates no structure. Features are
+    set to 0 outside the mask. ``dtype`` sets the storage type of the result (e.g. float16
+    on a GPU); computation is in float32.
+    """
+    if image.dim() != 5 or image.shape[1] != 1:
+        raise ValueError(f"expected an image of shape (N, 1, I, J, K), got {tuple(image.shape)}")
+    img = image.float()
+    offsets = [tuple(dilation * o for o in n) for n in NEIGHBOURS]
+    shifted = [shift(img, o) for o in offsets]
+    if mask is not None:
+        m = (mask > 0).float()
+        valid = [shift(m, o) for o in offsets]
+    channels = []
+    for a, b in PAIRS:
+        diff2 = (shifted[a] - shifted[b]) ** 2
+        if mask is None:
+            channels.append(box_filter(diff2, radius))
+        else:
+            both = valid[a] * valid[b]
+            num = box_filter(diff2 * both, radius)
+            den = box_filter(both, radius)
+            channels.append(num / den.clamp_min(1e-6))
+    dist = torch.cat(channels, dim=1)
+    dist = dist - dist.min(dim=1, keepdim=True).values
+    variance = dist.mean(dim=1, keepdim=True)
+    if mask is not None:
+        inside = m > 0
+        ref = variance[inside].mean() if inside.any() else variance.mean()
+    else:
+        ref = variance.mean()
+    variance = variance.clamp(min=1e-3 * float(ref) + 1e-12, max=1e3 * float(ref) + 1e-12)
+    features = torch.exp(-dist / variance)
+    if mask is not None:
+        features = features * m
+    return features.to(dtype) if dtype is not None else features

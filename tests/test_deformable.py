@@ -1,0 +1,135 @@
+"""Fields, correlation, coupled convex and Adam: analytic checks on known displacements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from inference.deformable.convex import cost_volume, coupled_convex, displacement_offsets, pool
+from inference.deformable.fields import (
+    compose,
+    diffusion_penalty,
+    identity_voxels,
+    jacobian_determinant,
+    pool_cells,
+    sample,
+    scaling_and_squaring,
+    upsample_cells,
+    warp,
+)
+from inference.deformable.instance import AdamSettings, instance_optimise
+
+SHAPE = (20, 24, 18)
+
+
+def _t(a):
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def test_sample_matches_scipy_map_coordinates():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=SHAPE)
+    pts = rng.uniform(0, 1, size=(3, 5, 6, 7)) * (np.array(SHAPE) - 1)[:, None, None, None]
+    ours = sample(_t(vol)[None, None], _t(pts)[None])[0, 0].numpy()
+    ref = ndimage.map_coordinates(vol, pts, order=1)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_warp_by_constant_field_is_a_shift():
+    vol = torch.rand(1, 1, *SHAPE)
+    disp = torch.zeros(1, 3, *SHAPE)
+    disp[:, 1] = 2.0  # two voxels along array axis j
+    out = warp(vol, disp)
+    torch.testing.assert_close(out[..., :, :-2, :], vol[..., :, 2:, :])  # out(x) = vol(x + 2 e_j)
+
+
+def test_compose_adds_translations_and_follows_the_convention():
+    a = torch.zeros(1, 3, *SHAPE)
+    b = torch.zeros(1, 3, *SHAPE)
+    a[:, 0], b[:, 2] = 1.5, -2.0
+    torch.testing.assert_close(compose(a, b)[..., 3:-3, 3:-3, 3:-3], (a + b)[..., 3:-3, 3:-3, 3:-3])
+    # Non-constant second field: compose(first, second)(x) = first(x) + second(x + first(x)).
+    second = identity_voxels(SHAPE)[:, [0, 0, 0]] * 0.1  # every component equals 0.1 * i
+    out = compose(a, second)
+    assert torch.isclose(out[0, 1, 5, 6, 7], torch.tensor(0.1 * (5 + 1.5)))
+
+
+def test_cells_round_trip_for_a_linear_field():
+    lin = identity_voxels(SHAPE) * torch.tensor([0.2, -0.1, 0.05]).view(1, 3, 1, 1, 1)
+    coarse = pool_cells(lin, 2)
+    back = upsample_cells(coarse, 2, SHAPE)
+    torch.testing.assert_close(back[..., 2:-2, 2:-2, 2:-2], lin[..., 2:-2, 2:-2, 2:-2], atol=1e-5, rtol=1e-5)
+
+
+def test_exp_of_constant_velocity_and_fold_free_exp():
+    v = torch.zeros(1, 3, *SHAPE)
+    v[:, 0] = 1.25
+    torch.testing.assert_close(
+        scaling_and_squaring(v)[..., 2:-2, 2:-2, 2:-2], v[..., 2:-2, 2:-2, 2:-2], atol=1e-5, rtol=0
+    )
+    rough = torch.from_numpy(
+        ndimage.gaussian_filter(np.random.default_rng(1).normal(size=(3, *SHAPE)), (0, 2, 2, 2)) * 20
+    ).float()[None]
+    assert float(jacobian_determinant(rough).min()) < 0  # as a displacement it folds ...
+    assert (
+        float(jacobian_determinant(scaling_and_squaring(rough, 8)).min()) > 0
+    )  # ... its exponential does not
+
+
+def test_diffusion_penalty_is_zero_on_translations_and_analytic_on_linear_fields():
+    v = torch.full((1, 3, *SHAPE), 3.0)
+    assert float(diffusion_penalty(v)) == 0.0
+    lin = identity_voxels(SHAPE) * 0.5  # u_c = 0.5 x_c: slope 0.5 of each component along its own axis
+    expected = sum(0.25 / 3 for _ in range(3))  # mean over components of (0.5^2) for one axis in three
+    assert float(diffusion_penalty(lin)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cost_volume_finds_a_known_shift_and_prefers_zero_without_data():
+    rng = np.random.default_rng(2)
+    fixed = _t(ndimage.gaussian_filter(rng.normal(size=(12, *SHAPE)), (0, 1, 1, 1)))[None]
+    moving = torch.roll(fixed, shifts=(2, -1, 1), dims=(2, 3, 4))  # fixed(x) = moving(x + d), d = (2, -1, 1)
+    cost = cost_volume(fixed, moving, 3)
+    best = displacement_offsets(3)[cost[:, 5:-5, 5:-5, 5:-5].reshape(cost.shape[0], -1).argmin(0)]
+    assert (best == torch.tensor([2.0, -1.0, 1.0])).all(dim=1).float().mean() > 0.95
+    empty = cost_volume(fixed, moving, 3, weight=torch.zeros(1, 1, *SHAPE))
+    assert (displacement_offsets(3)[empty.reshape(empty.shape[0], -1).argmin(0)] == 0).all()
+
+
+def test_coupled_convex_recovers_a_smooth_displacement():
+    rng = np.random.default_rng(3)
+    shape = (32, 32, 32)
+    moving_np = ndimage.gaussian_filter(rng.normal(size=(8, *shape)), (0, 1.5, 1.5, 1.5))
+    true = np.stack(
+        [
+            np.full(shape, 1.0),
+            1.5 * np.sin(np.linspace(0, np.pi, 32))[:, None, None] * np.ones(shape),
+            np.zeros(shape),
+        ]
+    )
+    coords = np.indices(shape) + true  # fixed(x) = moving(x + u(x))
+    fixed_np = np.stack([ndimage.map_coordinates(c, coords, order=1, mode="nearest") for c in moving_np])
+    fixed_c, _ = pool(_t(fixed_np)[None], None, 2)
+    moving_c, _ = pool(_t(moving_np)[None], None, 2)
+    field = coupled_convex(cost_volume(fixed_c, moving_c, 3), 3)
+    fine = upsample_cells(field, 2, shape)[0].numpy()
+    err = np.abs(fine - true)[:, 6:-6, 6:-6, 6:-6]
+    assert err.mean() < 0.5  # voxels
+
+
+def test_instance_optimisation_lowers_its_loss_and_refines_a_subvoxel_shift():
+    rng = np.random.default_rng(4)
+    moving = _t(ndimage.gaussian_filter(rng.normal(size=(6, *SHAPE)), (0, 1.5, 1.5, 1.5)))[None]
+    true = torch.zeros(1, 3, *SHAPE)
+    true[:, 0] = 0.6
+    fixed = warp(moving, true)
+    disp, losses = instance_optimise(
+        fixed,
+        moving,
+        torch.zeros_like(true),
+        None,
+        AdamSettings(iterations=40, feature_pool=1, regularisation=0.1),
+    )
+    assert losses[-1] < 0.5 * losses[0]
+    assert abs(float(disp[0, 0, 5:-5, 5:-5, 5:-5].mean()) - 0.6) < 0.15
