@@ -64,6 +64,7 @@ class RegistrationConfig:
     working_spacing_mm: float = 1.0  # images are averaged down to this spacing
     crop_margin_mm: float = 12.0  # margin around the US sector's bounding box
     fusion: str = "joint"  # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO)
+    guard: bool = True  # keep the input alignment when the result does not raise the NMI
     mind: MindSettings = field(default_factory=MindSettings)
     convex: ConvexSettings = field(default_factory=ConvexSettings)
     adam: AdamSettings = field(default_factory=AdamSettings)

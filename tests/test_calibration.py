@@ -112,3 +112,23 @@ def test_resect_statistics_real_volumes(tmp_path):
         assert 30.0 < s.depth_extent_mm < 60.0
         assert 0.1 < s.bbox_fill < 0.6
         assert s.q_raw[0] > 0
+
+
+def test_exclusion_changes_intensity_not_shape_statistics():
+    vol = correlated_volume(1.0)
+    vol[12:44, 12:44, 12:44] = 2.0  # a dark "cavity"
+    exclude = np.zeros(vol.shape, dtype=bool)
+    exclude[10:46, 10:46, 10:46] = True
+    full = us_statistics(vol, SP)
+    excl = us_statistics(vol, SP, exclude=exclude)
+    assert full.q_norm[0] < 0.2 < excl.q_norm[0]
+    assert excl.depth_extent_mm == full.depth_extent_mm and excl.bbox_fill == full.bbox_fill
+    assert excl.extra["excluded fraction"] == pytest.approx(36**3 / 56**3, rel=0.05)
+
+
+def test_statistics_table_has_simulated_range():
+    a = us_statistics(correlated_volume(1.0, seed=0), SP, name="a")
+    b = us_statistics(correlated_volume(1.5, seed=1), SP, name="b")
+    lines = statistics_table([a], [b, b]).splitlines()
+    assert "simulated min..max" in lines[0]
+    assert all(line.count("|") == 7 for line in lines)

@@ -29,6 +29,7 @@ from scipy import ndimage
 from inference.config import RegistrationConfig
 from inference.deformable.convex import cost_volume, coupled_convex, pool
 from inference.deformable.fields import compose, identity_voxels, sample, upsample_cells, warp
+from inference.deformable.guard import check_against_identity
 from inference.deformable.instance import instance_optimise
 from inference.errors import InputError
 from inference.features.mind import mind_ssc
@@ -72,8 +73,10 @@ def sector_mask(us: NDArray) -> NDArray[np.bool_]:
     mask = us > 0
     if not mask.any():
         return mask
-    mask = ndimage.binary_closing(mask, iterations=2)
-    return ndimage.binary_fill_holes(mask)
+    # Pad first: a closing treats the outside as background and would erode a sector that
+    # touches the volume border.
+    closed = ndimage.binary_closing(np.pad(mask, 2), iterations=2)[2:-2, 2:-2, 2:-2]
+    return ndimage.binary_fill_holes(closed)
 
 
 def working_grid(mask: NDArray[np.bool_], spacing_mm: float, config: RegistrationConfig) -> WorkingGrid:
@@ -202,6 +205,12 @@ class ConvexAdamMethod:
                 working = dict.fromkeys(working, fused)
 
         t = time.perf_counter()
+        notes: dict[str, object] = {"working_shape": grid.shape, "fusion": fusion}
+        if self.config.guard:
+            working = self.guard(fixed, moving, grid, mask, working, notes)
+        stages["guard"] = time.perf_counter() - t
+
+        t = time.perf_counter()
         cache: dict[int, NDArray[np.float32]] = {}
         fields = {}
         for mod, disp in working.items():
@@ -209,6 +218,41 @@ class ConvexAdamMethod:
                 cache[id(disp)] = embed(disp, grid)
             fields[mod] = cache[id(disp)]
         stages["embed"] = time.perf_counter() - t
-        return MethodResult(
-            fields=fields, stages=stages, notes={"working_shape": grid.shape, "fusion": fusion}
-        )
+        return MethodResult(fields=fields, stages=stages, notes=notes)
+
+    def guard(
+        self,
+        fixed: Image,
+        moving: dict[str, Image],
+        grid: WorkingGrid,
+        mask: NDArray,
+        working: dict,
+        notes: dict,
+    ) -> dict:
+        """Keep the input alignment for any field that does not raise the US/MR NMI.
+
+        With a shared (fused) field, the NMI gains of all moving images are summed.
+        """
+        us = grid.to_working(fixed.array, self.device)
+        mask_w = (grid.to_working(mask.astype(np.float32), self.device) > 0.5).float()
+        gains: dict[int, float] = {}
+        for mod, disp in working.items():
+            before, after = check_against_identity(
+                us, grid.to_working(moving[mod].array, self.device), mask_w, disp
+            )
+            notes[f"nmi_{mod}"] = (before, after)
+            gains[id(disp)] = gains.get(id(disp), 0.0) + (after - before)
+        out = {}
+        for mod, disp in working.items():
+            if gains[id(disp)] <= 0:
+                log.warning(
+                    "Case %s: registering %s did not raise the NMI with the ultrasound (%.4f -> %.4f); keeping the input alignment",
+                    fixed.path.name if fixed.path else "?",
+                    mod,
+                    *notes[f"nmi_{mod}"],
+                )
+                notes[f"fallback_{mod}"] = True
+                out[mod] = torch.zeros_like(disp)
+            else:
+                out[mod] = disp
+        return out

@@ -1,0 +1,45 @@
+"""The NMI guard: a result that does not raise the mutual information is not trusted."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from inference.config import RegistrationConfig
+from inference.deformable.fields import warp
+from inference.deformable.guard import normalised_mutual_information
+from inference.io.nifti import Image
+from inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid
+
+
+def _volume(seed: int, shape=(40, 44, 36)) -> np.ndarray:
+    return ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), 2.0).astype(np.float32)
+
+
+def test_nmi_is_highest_for_aligned_images():
+    a = torch.from_numpy(_volume(0))[None, None]
+    mask = torch.ones_like(a)
+    aligned = normalised_mutual_information(a, torch.exp(a), mask)  # monotone map: fully dependent
+    shifted = normalised_mutual_information(a, torch.roll(torch.exp(a), 4, dims=2), mask)
+    unrelated = normalised_mutual_information(a, torch.from_numpy(_volume(1))[None, None], mask)
+    assert aligned > shifted > unrelated >= 1.0
+
+
+def test_guard_keeps_a_good_field_and_rejects_a_bad_one():
+    moving_np = _volume(2) + 3.0
+    disp_true = torch.zeros(1, 3, *moving_np.shape)
+    disp_true[:, 0] = 2.0
+    fixed_np = warp(torch.from_numpy(moving_np)[None, None], disp_true)[
+        0, 0
+    ].numpy()  # fixed(x) = moving(x + u)
+    fixed, moving = Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4))
+    method = ConvexAdamMethod(RegistrationConfig(working_spacing_mm=1.0, crop_margin_mm=0.0))
+    mask = sector_mask(fixed_np)
+    grid = working_grid(mask, 1.0, method.config)
+    notes: dict = {}
+    kept = method.guard(fixed, {"0001": moving}, grid, mask, {"0001": disp_true}, notes)
+    assert torch.equal(kept["0001"], disp_true) and "fallback_0001" not in notes
+    wrong = -3.0 * disp_true
+    rejected = method.guard(fixed, {"0001": moving}, grid, mask, {"0001": wrong}, notes)
+    assert float(rejected["0001"].abs().max()) == 0.0 and notes["fallback_0001"] is True
