@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from inference.deformable.fields import box_smooth
+from inference.deformable.fields import box_smooth, warp
 
 
 def pool(
@@ -117,3 +117,16 @@ def coupled_convex(
         smooth = to_field(index)
         iterates.append(smooth)
     return torch.stack(iterates).mean(0) if average_iterates else smooth
+
+
+def inverse_consistent(forward: torch.Tensor, backward: torch.Tensor, iterations: int = 10) -> torch.Tensor:
+    """Symmetrise a forward (fixed->moving) and a backward (moving->fixed) field.
+
+    Both are ``(1, 3, Ic, Jc, Kc)`` in coarse voxels on one grid. Each iteration sets
+    ``u1 <- (u1 - u2(x + u1(x))) / 2`` and ``u2 <- (u2 - u1(x + u2(x))) / 2``, which drives
+    ``u1 + u2(x + u1(x))`` (the round trip) towards zero. Returns the forward field.
+    """
+    u1, u2 = forward, backward
+    for _ in range(iterations):
+        u1, u2 = 0.5 * (u1 - warp(u2, u1)), 0.5 * (u2 - warp(u1, u2))
+    return u1

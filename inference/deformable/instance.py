@@ -31,7 +31,7 @@ class AdamSettings:
     feature_pool: int = 2  # features are averaged by this factor for the similarity (speed)
     iterations: int = 50
     learning_rate: float = 0.5  # coarse voxels
-    regularisation: float = 1.0  # lambda of the diffusion penalty
+    regularisation: float = 0.5  # lambda of the diffusion penalty
     smoothing_passes: int = 3  # 3^3 box filters applied to v at each step
     squaring_steps: int = 5
 

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from inference.config import RegistrationConfig
-from inference.deformable.convex import cost_volume, coupled_convex, pool
+from inference.deformable.convex import cost_volume, coupled_convex, inverse_consistent, pool
 from inference.deformable.fields import compose, identity_voxels, sample, upsample_cells, warp
 from inference.deformable.guard import check_against_identity
 from inference.deformable.instance import instance_optimise
@@ -149,6 +149,14 @@ class ConvexAdamMethod:
             moving_c, _ = pool(warp(moving.float(), disp), None, level.grid_sp)
             cost = cost_volume(fixed_c, moving_c, level.disp_hw, weight)
             residual_c = coupled_convex(cost, level.disp_hw, cfg.coefficients, cfg.average_iterates)
+            if cfg.inverse_consistent:
+                backward = coupled_convex(
+                    cost_volume(moving_c, fixed_c, level.disp_hw, weight),
+                    level.disp_hw,
+                    cfg.coefficients,
+                    cfg.average_iterates,
+                )
+                residual_c = inverse_consistent(residual_c, backward, cfg.inverse_iterations)
             residual = upsample_cells(residual_c, level.grid_sp, shape)
             disp = compose(residual, disp)  # x -> x + r(x) -> moving via the previous field
             totals.append(disp)
