@@ -10,6 +10,7 @@ import json
 import logging
 import platform
 import resource
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from inference.config import RegistrationConfig
 from inference.geometry import resample_to_grid, same_grid
-from inference.io.atomic import write_text_atomic
+from inference.io.atomic import atomic_path, write_text_atomic
 from inference.io.dataset import RegistrationPair, find_pairs
 from inference.io.displacement import write_displacement
 from inference.io.nifti import Image, read_image
@@ -80,8 +81,16 @@ def register_case(pairs: list[RegistrationPair], output_dir: Path, method: Metho
     load_s = time.perf_counter() - t0
     result = method(fixed, moving)
     t1 = time.perf_counter()
+    written: dict[int, Path] = {}  # a field shared by both sequences is compressed once
     for p in pairs:
-        write_displacement(output_dir / p.output_name, result.fields[p.moving_name.modality], fixed.vox2world)
+        disp = result.fields[p.moving_name.modality]
+        target = output_dir / p.output_name
+        if id(disp) in written:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(written[id(disp)], tmp)
+        else:
+            write_displacement(target, disp, fixed.vox2world)
+            written[id(disp)] = target
     stages = {"load": load_s, **result.stages, "write": time.perf_counter() - t1}
     total = time.perf_counter() - t0
     return [PairRecord(p.output_name, stages, total, len(pairs)) for p in pairs]
