@@ -7,6 +7,8 @@ Methods
 -------
 * ``<name>`` (e.g. ``identity``, ``convex-adam``): ours, run as
   ``python -m remind2reg register --method <name> --device cpu [--config FILE]``.
+* ``<name>@<preset>`` (e.g. ``convex-adam@mcbo_multilevel``): ours with
+  ``--config configs/<preset>.toml``, scored as a separate row.
 * ``peer:<peer>-<preset>`` (e.g. ``peer:convexadam-baseline``): an adapter in
   ``benchmarks/peers/`` run as ``python <adapter> --preset <preset>``.
 
@@ -86,7 +88,13 @@ def method_command(method: str, input_dir: Path, output_dir: Path, config: Path 
             )
         cmd = [sys.executable, str(PEERS[peer]), "--preset", preset]
     else:
-        cmd = [sys.executable, "-m", "remind2reg", "register", "--method", method, "--device", "cpu"]
+        # "<method>@<preset>": our method with configs/<preset>.toml (its own results folder).
+        name, _, preset = method.partition("@")
+        if preset and config is None:
+            config = REPO / "configs" / f"{preset}.toml"
+            if not config.is_file():
+                raise SystemExit(f"unknown preset {preset!r}: {config} does not exist")
+        cmd = [sys.executable, "-m", "remind2reg", "register", "--method", name, "--device", "cpu"]
     cmd += ["--input", str(input_dir), "--output", str(output_dir)]
     if config is not None:
         cmd += ["--config", str(config)]

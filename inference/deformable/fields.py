@@ -128,22 +128,6 @@ def diffusion_penalty(disp: torch.Tensor) -> torch.Tensor:
     return (d_i**2).mean() + (d_j**2).mean() + (d_k**2).mean()
 
 
-def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
-    """det(I + grad u) with central differences (interior), ``(N, I-2, J-2, K-2)``."""
-    grads = []
-    for axis in range(3):
-        sl_hi = [slice(1, -1)] * 3
-        sl_lo = [slice(1, -1)] * 3
-        sl_hi[axis] = slice(2, None)
-        sl_lo[axis] = slice(None, -2)
-        grads.append((disp[(..., *sl_hi)] - disp[(..., *sl_lo)]) / 2.0)  # d u / d x_axis, (N, 3, ...)
-    # jac[n, c, a] = d u_c / d x_a + delta_ca
-    jac = torch.stack(grads, dim=2) + torch.eye(3, device=disp.device, dtype=disp.dtype).view(
-        1, 3, 3, 1, 1, 1
-    )
-    return torch.linalg.det(jac.permute(0, 3, 4, 5, 1, 2))
-
-
 def upsample_cells(coarse: torch.Tensor, grid_sp: int, shape: tuple[int, int, int]) -> torch.Tensor:
     """Upsample a field defined on pooled cells to the fine grid, vectors rescaled.
 
