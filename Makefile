@@ -26,7 +26,7 @@ $(BIN)/python:
 # Re-run the install when the project's dependencies or the NiftyReg script change.
 $(VENV)/.installed: pyproject.toml scripts/install_niftyreg.sh | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,peers]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,peers,synth]"
 	scripts/install_niftyreg.sh $(BIN)/python
 	touch $@
 

@@ -1,4 +1,4 @@
-"""The ``remind2reg`` command line: ``register``, ``evaluate`` and ``synth`` subcommands.
+"""The ``remind2reg`` command line: ``register``, ``evaluate``, ``pack`` and ``synth`` subcommands.
 
 Exit codes: 0 success, 1 a step failed, 2 bad command line, 3 invalid or missing input
 (see :mod:`inference.errors`).
@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, InputError, Remind2RegError
+from inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE, InputError, Remind2RegError
 from remind2reg import __version__
 
 log = logging.getLogger("remind2reg")
 
 MODALITY_CHOICES = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def _env_choice(name: str, default: str, choices: list[str]) -> str:
+    """A default taken from the environment (the container sets these), checked like a flag."""
+    value = os.environ.get(name, default)
+    if value not in choices:
+        print(f"remind2reg: ${name}={value!r} is not one of {', '.join(choices)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return value
 
 
 def _add_register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +44,18 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="TOML/JSON file overriding the pipeline settings (see inference/config.py)",
     )
-    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device")
+    p.add_argument(
+        "--modalities",
+        default=_env_choice("REMIND2REG_MODALITIES", "both", sorted(MODALITY_CHOICES)),
+        choices=sorted(MODALITY_CHOICES),
+        help="moving sequences (default: $REMIND2REG_MODALITIES or both)",
+    )
+    p.add_argument(
+        "--device",
+        default=_env_choice("REMIND2REG_DEVICE", "auto", DEVICES),
+        choices=DEVICES,
+        help="compute device; auto falls back to the CPU with a warning (default: $REMIND2REG_DEVICE or auto)",
+    )
     p.set_defaults(func=_run_register)
 
 
@@ -46,6 +67,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, help="write one CSV row per pair")
     p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
     p.set_defaults(func=_run_evaluate)
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack", help="check the predicted fields against the input and zip a leaderboard submission"
+    )
+    p.add_argument("--input", required=True, type=Path, help="the input folder the fields were made from")
+    p.add_argument("--pred", required=True, type=Path, help="folder with disp_*.nii.gz")
+    p.add_argument("--out", required=True, type=Path, help="zip archive to write")
+    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
+    p.set_defaults(func=_run_pack)
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -106,6 +138,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_pack(args: argparse.Namespace) -> int:
+    from evaluation.pack import pack_submission
+
+    out = pack_submission(args.input, args.pred, args.out, MODALITY_CHOICES[args.modalities])
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     from synthesis.generate import SynthConfig, generate_dataset
 
@@ -130,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_register(sub)
     _add_evaluate(sub)
+    _add_pack(sub)
     _add_synth(sub)
     return parser
 

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from inference.errors import Remind2RegError
 from inference.geometry import apply_affine
 from synthesis import labels as L
 
@@ -80,7 +81,7 @@ class SourceBrain:
 def _nilearn_data_dir() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the MNI source needs the 'nilearn' package (pip install nilearn)")
+        raise Remind2RegError("the MNI source needs the 'nilearn' package: pip install 'remind2reg[synth]'")
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
