@@ -1,0 +1,161 @@
+"""NiftyReg ``reg_aladin`` (block-matching rigid/affine registration) as a function.
+
+Matrix convention, read once here at the boundary: the 4x4 matrix that ``reg_aladin -aff``
+writes (and ``reg_resample -trans`` reads) maps REFERENCE world mm to FLOATING world mm,
+with world = the NIfTI ``vox2world`` as nibabel reads it. With the US as reference and the
+MR as floating image that is exactly our ``fixed2moving_world``:
+``moving_world = fixed2moving_world @ fixed_world``. ``tests/test_niftyreg.py`` checks this
+against ``reg_resample`` on oblique, anisotropic grids.
+
+Inputs are averaged down to ``working_spacing_mm`` before ``reg_aladin`` runs: one
+full-resolution 256^3 run takes minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from inference.affine.binaries import niftyreg_executable
+from inference.errors import Remind2RegError
+from inference.io.nifti import Image, write_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AladinSettings:
+    working_spacing_mm: float = 2.0  # images are averaged down to about this spacing first
+    rigid_only: bool = False  # False: rigid, then affine initialised by the rigid result
+    symmetric: bool = True
+    levels: int = 3  # -ln: pyramid levels built
+    levels_to_perform: int = 2  # -lp: of which the coarsest ones are run
+    block_percent: int = 50  # -pv: % of blocks (highest variance) used
+    inlier_percent: int = 50  # -pi: % of matches kept by the least trimmed squares fit
+    threads: int | None = None  # -omp; None: NiftyReg's default
+
+
+@dataclass
+class AffineResult:
+    fixed2moving_world: NDArray[np.float64]  # moving_world = fixed2moving_world @ fixed_world
+    seconds: float
+    commands: list[list[str]]
+
+
+def read_aladin_matrix(path: str | Path) -> NDArray[np.float64]:
+    """``fixed2moving_world`` from a ``reg_aladin -aff`` file (reference = fixed)."""
+    matrix = np.loadtxt(path, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.allclose(matrix[3], [0, 0, 0, 1]):
+        raise Remind2RegError(f"{path}: not a 4x4 affine matrix")
+    return matrix  # NiftyReg's reference->floating world map is our fixed2moving_world
+
+
+def write_aladin_matrix(path: str | Path, fixed2moving_world: NDArray) -> None:
+    """Write ``fixed2moving_world`` in the format ``reg_aladin -inaff``/``reg_resample`` read."""
+    np.savetxt(path, np.asarray(fixed2moving_world, dtype=np.float64), fmt="%.10f")
+
+
+def downsample(image: Image, factor: int, order_mask: bool = False) -> Image:
+    """Average over ``factor^3`` blocks (a mask: more than half inside).
+
+    New voxel ``w`` covers old voxels ``factor * w ... factor * w + factor - 1``; its centre is
+    old voxel ``factor * w + (factor - 1) / 2``, so ``new_vox2world = old_vox2world @ S`` with
+    ``S = [[f, 0, 0, (f-1)/2], [0, f, 0, (f-1)/2], [0, 0, f, (f-1)/2], [0, 0, 0, 1]]``.
+    """
+    if factor <= 1:
+        return image
+    a = image.array
+    crop = tuple(slice(0, (n // factor) * factor) for n in a.shape)
+    blocks = a[crop].reshape(
+        a.shape[0] // factor, factor, a.shape[1] // factor, factor, a.shape[2] // factor, factor
+    )
+    small = blocks.mean(axis=(1, 3, 5))
+    if order_mask:
+        small = (small > 0.5).astype(np.float32)
+    scale = np.eye(4)
+    scale[:3, :3] *= factor
+    scale[:3, 3] = (factor - 1) / 2.0
+    return Image(array=small.astype(np.float32), vox2world=image.vox2world @ scale, path=image.path)
+
+
+def _run(cmd: list[str]) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr)[-2000:]
+        raise Remind2RegError(f"{Path(cmd[0]).name} failed (exit {result.returncode}): {tail}")
+
+
+def run_aladin(
+    fixed: Image,
+    moving: Image,
+    fixed_mask: NDArray | None = None,
+    settings: AladinSettings = AladinSettings(),
+) -> AffineResult:
+    """Rigid (then affine) ``reg_aladin`` of ``moving`` to ``fixed``; returns ``fixed2moving_world``."""
+    t0 = time.perf_counter()
+    factor = max(1, round(settings.working_spacing_mm / float(np.mean(fixed.spacing))))
+    aladin = str(niftyreg_executable("reg_aladin"))
+    commands: list[list[str]] = []
+    with tempfile.TemporaryDirectory(prefix="remind2reg-aladin-") as tmp:
+        d = Path(tmp)
+        small_fixed = downsample(fixed, factor)
+        write_image(d / "fixed.nii.gz", small_fixed.array, small_fixed.vox2world)
+        small_moving = downsample(
+            moving, max(1, round(settings.working_spacing_mm / float(np.mean(moving.spacing))))
+        )
+        write_image(d / "moving.nii.gz", small_moving.array, small_moving.vox2world)
+        common = [
+            "-ref", str(d / "fixed.nii.gz"), "-flo", str(d / "moving.nii.gz"),
+            "-ln", str(settings.levels), "-lp", str(settings.levels_to_perform),
+            "-pv", str(settings.block_percent), "-pi", str(settings.inlier_percent), "-voff",
+        ]  # fmt: skip
+        if not settings.symmetric:
+            common.append("-noSym")
+        if settings.threads:
+            common += ["-omp", str(settings.threads)]
+        if fixed_mask is not None:
+            mask = downsample(
+                Image(np.asarray(fixed_mask, dtype=np.float32), fixed.vox2world), factor, order_mask=True
+            )
+            write_image(d / "mask.nii.gz", mask.array, mask.vox2world, dtype=np.uint8)
+            common += ["-rmask", str(d / "mask.nii.gz")]
+        rigid = [aladin, *common, "-rigOnly", "-aff", str(d / "rigid.txt")]
+        _run(rigid)
+        commands.append(rigid)
+        result = d / "rigid.txt"
+        if not settings.rigid_only:
+            affine = [aladin, *common, "-inaff", str(d / "rigid.txt"), "-aff", str(d / "affine.txt")]
+            _run(affine)
+            commands.append(affine)
+            result = d / "affine.txt"
+        matrix = read_aladin_matrix(result)
+    seconds = time.perf_counter() - t0
+    log.debug("reg_aladin (factor %d) in %.1f s", factor, seconds)
+    return AffineResult(matrix, seconds, commands)
+
+
+def resample_affine(
+    moving: Image,
+    fixed_shape: tuple[int, int, int],
+    fixed_vox2world: NDArray,
+    fixed2moving_world: NDArray,
+    order: int = 1,
+) -> NDArray[np.float32]:
+    """``moving`` resampled on the fixed grid through ``fixed2moving_world`` (our reg_resample)."""
+    fixed_vox2moving_vox = np.linalg.inv(moving.vox2world) @ fixed2moving_world @ fixed_vox2world
+    return ndimage.affine_transform(
+        moving.array,
+        fixed_vox2moving_vox[:3, :3],
+        offset=fixed_vox2moving_vox[:3, 3],
+        output_shape=fixed_shape,
+        order=order,
+        cval=0.0,
+    ).astype(np.float32)
