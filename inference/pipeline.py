@@ -31,7 +31,7 @@ from inference.methods.identity import IdentityMethod
 log = logging.getLogger(__name__)
 
 TIMINGS_FILE = "timings.json"
-METHODS = ("convex-adam", "identity")
+METHODS = ("convex-adam", "identity", "niftyreg-rigid", "niftyreg-affine")
 
 
 def make_method(name: str, config: RegistrationConfig | None = None, device: str = "cpu") -> Method:
@@ -40,6 +40,10 @@ def make_method(name: str, config: RegistrationConfig | None = None, device: str
         return IdentityMethod()
     if name == "convex-adam":
         return ConvexAdamMethod(config, device)
+    if name in ("niftyreg-rigid", "niftyreg-affine"):
+        from inference.methods.niftyreg import NiftyRegMethod
+
+        return NiftyRegMethod(rigid_only=name == "niftyreg-rigid")
     raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
 
 

@@ -37,7 +37,10 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", required=True, type=Path, help="folder for disp_*.nii.gz and timings.json")
     p.add_argument(
-        "--method", default="convex-adam", choices=["convex-adam", "identity"], help="registration method"
+        "--method",
+        default="convex-adam",
+        choices=["convex-adam", "identity", "niftyreg-rigid", "niftyreg-affine"],
+        help="registration method (niftyreg-*: reg_aladin alone, the organisers' baseline family)",
     )
     p.add_argument(
         "--config",

@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AladinSettings:
-    working_spacing_mm: float = 2.0  # images are averaged down to about this spacing first
+    # Defaults follow the organisers' ReMIND2Reg baseline (-noSym -nac -ln 2 -lp 10, both masks),
+    # with inputs averaged to 1 mm so that its two levels run at 2 and 1 mm.
+    working_spacing_mm: float = 1.0  # images are averaged down to about this spacing first
     rigid_only: bool = False  # False: rigid, then affine initialised by the rigid result
-    symmetric: bool = True
-    levels: int = 3  # -ln: pyramid levels built
+    symmetric: bool = False
+    levels: int = 2  # -ln: pyramid levels built
     levels_to_perform: int = 2  # -lp: of which the coarsest ones are run
     block_percent: int = 50  # -pv: % of blocks (highest variance) used
     inlier_percent: int = 50  # -pi: % of matches kept by the least trimmed squares fit
@@ -116,6 +118,7 @@ def run_aladin(
             "-ref", str(d / "fixed.nii.gz"), "-flo", str(d / "moving.nii.gz"),
             "-ln", str(settings.levels), "-lp", str(settings.levels_to_perform),
             "-pv", str(settings.block_percent), "-pi", str(settings.inlier_percent), "-voff",
+            "-nac",  # start from the header alignment (neuronavigation), not from image centres
         ]  # fmt: skip
         if not settings.symmetric:
             common.append("-noSym")
@@ -127,6 +130,9 @@ def run_aladin(
             )
             write_image(d / "mask.nii.gz", mask.array, mask.vox2world, dtype=np.uint8)
             common += ["-rmask", str(d / "mask.nii.gz")]
+            moving_mask = Image((small_moving.array > 0).astype(np.float32), small_moving.vox2world)
+            write_image(d / "moving_mask.nii.gz", moving_mask.array, moving_mask.vox2world, dtype=np.uint8)
+            common += ["-fmask", str(d / "moving_mask.nii.gz")]
         rigid = [aladin, *common, "-rigOnly", "-aff", str(d / "rigid.txt")]
         _run(rigid)
         commands.append(rigid)

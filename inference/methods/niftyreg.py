@@ -1,0 +1,41 @@
+"""NiftyReg ``reg_aladin`` alone (rigid or affine): the organisers' baseline family.
+
+Each moving image is registered on its own, with the US sector as reference mask, on inputs
+averaged to 2 mm. The output field is the affine's challenge-format displacement.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from inference.affine.niftyreg import AladinSettings, run_aladin
+from inference.geometry import affine_displacement
+from inference.io.nifti import Image
+from inference.methods.base import MethodResult
+from inference.methods.convex_adam import sector_mask
+
+
+class NiftyRegMethod:
+    """``reg_aladin`` rigid (``rigid_only``) or rigid-then-affine registration."""
+
+    def __init__(self, rigid_only: bool, settings: AladinSettings | None = None):
+        self.settings = settings or AladinSettings(rigid_only=rigid_only)
+        self.name = "niftyreg-rigid" if rigid_only else "niftyreg-affine"
+
+    def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult:
+        t = time.perf_counter()
+        mask = sector_mask(fixed.array)
+        stages = {"sector": time.perf_counter() - t, "aladin": 0.0, "field": 0.0}
+        fields, notes = {}, {}
+        for mod, image in moving.items():
+            result = run_aladin(fixed, image, mask, self.settings)
+            stages["aladin"] += result.seconds
+            t = time.perf_counter()
+            fields[mod] = affine_displacement(
+                result.fixed2moving_world, fixed.vox2world, fixed.shape, image.vox2world
+            )
+            stages["field"] += time.perf_counter() - t
+            notes[f"fixed2moving_world_{mod}"] = np.round(result.fixed2moving_world, 6).tolist()
+        return MethodResult(fields=fields, stages=stages, notes=notes)
