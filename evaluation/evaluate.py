@@ -21,10 +21,9 @@ from evaluation.metrics import (
 from inference.errors import InputError
 from inference.io.atomic import write_text_atomic
 from inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs, landmark_path
-from inference.io.displacement import read_displacement
+from inference.io.displacement import TIMINGS_FILE, read_displacement
 from inference.io.landmarks import read_landmarks_csv
 from inference.io.nifti import header_spacing, read_header
-from inference.pipeline import TIMINGS_FILE
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from inference.config import RegistrationConfig
 from inference.geometry import resample_to_grid, same_grid
 from inference.io.atomic import atomic_path, write_text_atomic
 from inference.io.dataset import RegistrationPair, find_pairs
-from inference.io.displacement import write_displacement
+from inference.io.displacement import TIMINGS_FILE, write_displacement
 from inference.io.nifti import Image, read_image
 from inference.methods.base import Method
 from inference.methods.convex_adam import ConvexAdamMethod
@@ -30,7 +30,6 @@ from inference.methods.identity import IdentityMethod
 
 log = logging.getLogger(__name__)
 
-TIMINGS_FILE = "timings.json"
 METHODS = ("convex-adam", "identity", "niftyreg-rigid", "niftyreg-affine")
 
 

@@ -16,6 +16,9 @@ from numpy.typing import NDArray
 from inference.errors import InputError
 from inference.io.nifti import write_image
 
+# Written beside the fields by `remind2reg register`: seconds per output file and per stage.
+TIMINGS_FILE = "timings.json"
+
 
 def validate_displacement(disp: NDArray, fixed_shape: tuple[int, ...], name: str = "displacement") -> None:
     """Raise ValueError unless ``disp`` has shape fixed_shape + (3,) and finite values."""
