@@ -37,9 +37,10 @@ def test_guard_keeps_a_good_field_and_rejects_a_bad_one():
     method = ConvexAdamMethod(RegistrationConfig(working_spacing_mm=1.0, crop_margin_mm=0.0))
     mask = sector_mask(fixed_np)
     grid = working_grid(mask, 1.0, method.config)
+    images = method.features(fixed, {"0001": moving}, grid, mask)
     notes: dict = {}
-    kept = method.guard(fixed, {"0001": moving}, grid, mask, {"0001": disp_true}, notes)
+    kept = method.guard(images, {"0001": disp_true}, notes)
     assert torch.equal(kept["0001"], disp_true) and "fallback_0001" not in notes
     wrong = -3.0 * disp_true
-    rejected = method.guard(fixed, {"0001": moving}, grid, mask, {"0001": wrong}, notes)
+    rejected = method.guard(images, {"0001": wrong}, notes)
     assert float(rejected["0001"].abs().max()) == 0.0 and notes["fallback_0001"] is True

@@ -111,6 +111,17 @@ def embed(disp: torch.Tensor, grid: WorkingGrid, chunk: int = 16) -> NDArray[np.
     return out
 
 
+@dataclass
+class WorkingImages:
+    """Everything on the working grid: images ``(1, 1, ...)``, sector mask, MIND features."""
+
+    us: torch.Tensor
+    mr: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    us_features: torch.Tensor
+    mr_features: dict[str, torch.Tensor]
+
+
 class ConvexAdamMethod:
     """The deformable core; see the module docstring for its stages."""
 
@@ -123,20 +134,21 @@ class ConvexAdamMethod:
 
     # -- stages ----------------------------------------------------------------------------
 
-    def features(self, fixed: Image, moving: dict[str, Image], grid: WorkingGrid, mask: NDArray):
+    def features(
+        self, fixed: Image, moving: dict[str, Image], grid: WorkingGrid, mask: NDArray
+    ) -> WorkingImages:
+        """Working-grid images and their MIND-SSC features (the US features masked by the sector)."""
         cfg = self.config.mind
         us = grid.to_working(fixed.array, self.device)
         mask_w = (grid.to_working(mask.astype(np.float32), self.device) > 0.5).float()
+        mr = {mod: grid.to_working(img.array, self.device) for mod, img in moving.items()}
         fixed_feat = mind_ssc(
             us, cfg.radius, cfg.dilation, mask_w if cfg.use_sector_mask else None, self.feature_dtype
         )
         moving_feat = {
-            mod: mind_ssc(
-                grid.to_working(img.array, self.device), cfg.radius, cfg.dilation, None, self.feature_dtype
-            )
-            for mod, img in moving.items()
+            mod: mind_ssc(a, cfg.radius, cfg.dilation, None, self.feature_dtype) for mod, a in mr.items()
         }
-        return fixed_feat, moving_feat, mask_w
+        return WorkingImages(us, mr, mask_w, fixed_feat, moving_feat)
 
     def convex(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Coarse-to-fine coupled convex levels; returns a working-grid field ``(1, 3, ...)``."""
@@ -193,7 +205,8 @@ class ConvexAdamMethod:
 
         t = time.perf_counter()
         with torch.no_grad():
-            fixed_feat, moving_feat, mask_w = self.features(fixed, moving, grid, mask)
+            images = self.features(fixed, moving, grid, mask)
+        fixed_feat, moving_feat, mask_w = images.us_features, images.mr_features, images.mask
         stages["features"] = time.perf_counter() - t
 
         fusion = self.config.fusion if len(moving) > 1 else "none"
@@ -215,7 +228,7 @@ class ConvexAdamMethod:
         t = time.perf_counter()
         notes: dict[str, object] = {"working_shape": grid.shape, "fusion": fusion}
         if self.config.guard:
-            working = self.guard(fixed, moving, grid, mask, working, notes)
+            working = self.guard(images, working, notes, case=fixed.path.name if fixed.path else "?")
         stages["guard"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -228,26 +241,14 @@ class ConvexAdamMethod:
         stages["embed"] = time.perf_counter() - t
         return MethodResult(fields=fields, stages=stages, notes=notes)
 
-    def guard(
-        self,
-        fixed: Image,
-        moving: dict[str, Image],
-        grid: WorkingGrid,
-        mask: NDArray,
-        working: dict,
-        notes: dict,
-    ) -> dict:
+    def guard(self, images: WorkingImages, working: dict, notes: dict, case: str = "?") -> dict:
         """Keep the input alignment for any field that does not raise the US/MR NMI.
 
         With a shared (fused) field, the NMI gains of all moving images are summed.
         """
-        us = grid.to_working(fixed.array, self.device)
-        mask_w = (grid.to_working(mask.astype(np.float32), self.device) > 0.5).float()
         gains: dict[int, float] = {}
         for mod, disp in working.items():
-            before, after = check_against_identity(
-                us, grid.to_working(moving[mod].array, self.device), mask_w, disp
-            )
+            before, after = check_against_identity(images.us, images.mr[mod], images.mask, disp)
             notes[f"nmi_{mod}"] = (before, after)
             gains[id(disp)] = gains.get(id(disp), 0.0) + (after - before)
         out = {}
@@ -255,7 +256,7 @@ class ConvexAdamMethod:
             if gains[id(disp)] <= 0:
                 log.warning(
                     "Case %s: registering %s did not raise the NMI with the ultrasound (%.4f -> %.4f); keeping the input alignment",
-                    fixed.path.name if fixed.path else "?",
+                    case,
                     mod,
                     *notes[f"nmi_{mod}"],
                 )
