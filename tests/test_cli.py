@@ -20,6 +20,11 @@ from tests.conftest import make_case_files, oblique_vox2world
 SHAPE = (24, 28, 20)
 
 
+def register(input_dir, output_dir, *options: str) -> int:
+    """``remind2reg register --input input_dir --output output_dir [options]`` in-process."""
+    return main(["register", "--input", str(input_dir), "--output", str(output_dir), *options])
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """Two cases on an oblique grid; case 0002 has no T2. Moving landmarks follow a known rigid map."""
@@ -44,22 +49,7 @@ def dataset(tmp_path):
 def test_register_identity_then_evaluate_gives_initial_tre(dataset, tmp_path, capsys):
     root, _, _, fix, mov = dataset
     out = tmp_path / "pred"
-    assert (
-        main(
-            [
-                "register",
-                "--input",
-                str(root),
-                "--output",
-                str(out),
-                "--method",
-                "identity",
-                "--device",
-                "cpu",
-            ]
-        )
-        == EXIT_OK
-    )
+    assert register(str(root), str(out), "--method", "identity", "--device", "cpu") == EXIT_OK
     names = sorted(p.name for p in out.glob("disp_*.nii.gz"))
     assert names == [
         "disp_0001_0000_0001_0001.nii.gz",
@@ -128,22 +118,7 @@ def test_register_flat_read_only_input_with_one_sequence(dataset, tmp_path):
         p.chmod(0o555 if p.is_dir() else 0o444)
     out = tmp_path / "out"
     try:
-        assert (
-            main(
-                [
-                    "register",
-                    "--input",
-                    str(flat),
-                    "--output",
-                    str(out),
-                    "--modalities",
-                    "T2",
-                    "--device",
-                    "cpu",
-                ]
-            )
-            == EXIT_OK
-        )
+        assert register(str(flat), str(out), "--modalities", "T2", "--device", "cpu") == EXIT_OK
     finally:
         flat.chmod(0o755)
     assert sorted(p.name for p in out.glob("disp_*")) == ["disp_0001_0000_0001_0002.nii.gz"]
@@ -151,20 +126,7 @@ def test_register_flat_read_only_input_with_one_sequence(dataset, tmp_path):
 
 def test_register_empty_input_is_a_clear_error(tmp_path, caplog):
     (tmp_path / "in").mkdir()
-    assert (
-        main(
-            [
-                "register",
-                "--input",
-                str(tmp_path / "in"),
-                "--output",
-                str(tmp_path / "out"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == EXIT_INPUT
-    )
+    assert register(str(tmp_path / "in"), str(tmp_path / "out"), "--device", "cpu") == EXIT_INPUT
     assert "no registration pair found" in caplog.text
     assert not list((tmp_path / "out").glob("disp_*"))  # nothing written, not even partially
 
@@ -177,22 +139,7 @@ def test_register_resamples_a_moving_image_on_another_grid(dataset, tmp_path, ca
     write_image(root / "imagesTr" / "ReMIND2Reg_0002_0001.nii.gz", np.ones((20, 20, 20)), other)
     out = tmp_path / "out"
     with caplog.at_level("WARNING"):
-        assert (
-            main(
-                [
-                    "register",
-                    "--input",
-                    str(root),
-                    "--output",
-                    str(out),
-                    "--modalities",
-                    "ceT1",
-                    "--device",
-                    "cpu",
-                ]
-            )
-            == EXIT_OK
-        )
+        assert register(str(root), str(out), "--modalities", "ceT1", "--device", "cpu") == EXIT_OK
     assert "Case 0002: ReMIND2Reg_0002_0001.nii.gz is not on the grid" in caplog.text
     import nibabel as nib
 
