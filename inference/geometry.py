@@ -58,14 +58,19 @@ def resample_to_grid(
     fixed_vox2world: ArrayLike,
     order: int = 1,
     cval: float = 0.0,
+    fixed2moving_world: ArrayLike | None = None,
 ) -> NDArray[np.float32]:
-    """Resample ``moving`` onto the fixed grid through world coordinates (no transform).
+    """Resample ``moving`` onto the fixed grid through world coordinates.
 
     ``out[x] = moving(fixed_vox2moving_vox @ x)`` with
-    ``fixed_vox2moving_vox = inv(moving_vox2world) @ fixed_vox2world``.
+    ``fixed_vox2moving_vox = inv(moving_vox2world) @ fixed2moving_world @ fixed_vox2world``;
+    ``fixed2moving_world`` defaults to the identity (the images' own alignment).
     """
-    fixed_vox2moving_vox = np.linalg.inv(np.asarray(moving_vox2world, dtype=np.float64)) @ (
-        np.asarray(fixed_vox2world, dtype=np.float64)
+    f2m = np.eye(4) if fixed2moving_world is None else np.asarray(fixed2moving_world, dtype=np.float64)
+    fixed_vox2moving_vox = (
+        np.linalg.inv(np.asarray(moving_vox2world, dtype=np.float64))
+        @ f2m
+        @ np.asarray(fixed_vox2world, dtype=np.float64)
     )
     out = ndimage.affine_transform(
         np.asarray(moving, dtype=np.float32),

@@ -15,11 +15,10 @@ from inference.affine.niftyreg import (
     AladinSettings,
     downsample,
     read_aladin_matrix,
-    resample_affine,
     run_aladin,
     write_aladin_matrix,
 )
-from inference.geometry import apply_affine, identity_grid
+from inference.geometry import apply_affine, identity_grid, resample_to_grid
 from inference.io.nifti import Image, write_image
 from tests.conftest import oblique_vox2world
 
@@ -116,7 +115,9 @@ def test_our_convention_matches_reg_resample(tmp_path):
         check=True,
     )
     theirs = nib.load(str(tmp_path / "out.nii.gz")).get_fdata()
-    ours = resample_affine(moving, FIXED_SHAPE, fixed.vox2world, f2m)
+    ours = resample_to_grid(
+        moving.array, moving.vox2world, FIXED_SHAPE, fixed.vox2world, fixed2moving_world=f2m
+    )
     inside = (ours != 0) & (theirs != 0) & np.isfinite(theirs)
     assert inside.sum() > 0.3 * inside.size
     np.testing.assert_allclose(ours[inside], theirs[inside], atol=1e-2, rtol=1e-5)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from inference.affine.binaries import niftyreg_executable
 from inference.errors import Remind2RegError
@@ -146,22 +145,3 @@ def run_aladin(
     seconds = time.perf_counter() - t0
     log.debug("reg_aladin (factor %d) in %.1f s", factor, seconds)
     return AffineResult(matrix, seconds, commands)
-
-
-def resample_affine(
-    moving: Image,
-    fixed_shape: tuple[int, int, int],
-    fixed_vox2world: NDArray,
-    fixed2moving_world: NDArray,
-    order: int = 1,
-) -> NDArray[np.float32]:
-    """``moving`` resampled on the fixed grid through ``fixed2moving_world`` (our reg_resample)."""
-    fixed_vox2moving_vox = np.linalg.inv(moving.vox2world) @ fixed2moving_world @ fixed_vox2world
-    return ndimage.affine_transform(
-        moving.array,
-        fixed_vox2moving_vox[:3, :3],
-        offset=fixed_vox2moving_vox[:3, 3],
-        output_shape=fixed_shape,
-        order=order,
-        cval=0.0,
-    ).astype(np.float32)
