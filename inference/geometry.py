@@ -138,3 +138,31 @@ def voxel_to_world_displacement(disp_vox: NDArray, fixed_vox2world: ArrayLike) -
     """Inverse of :func:`world_to_voxel_displacement`: ``u_mm = R @ u_vox``."""
     linear = np.asarray(fixed_vox2world, dtype=np.float64)[:3, :3]
     return (np.asarray(disp_vox) @ linear.T).astype(np.float32)
+
+
+def compose_affine_displacement(
+    disp_vox: NDArray, fixed2moving_world: ArrayLike, fixed_vox2world: ArrayLike
+) -> NDArray[np.float32]:
+    """Challenge-format field of "the field ``disp_vox`` first, then the affine".
+
+    With ``A = inv(F) @ fixed2moving_world @ F`` (``F = fixed_vox2world``; the moving image on
+    the fixed grid, as in ReMIND2Reg): ``x + u(x) = A (x + disp_vox(x))``, hence
+    ``u(x) = (A x - x) + A_lin @ disp_vox(x)``. This is the pipeline's affine stage
+    followed by a deformable stage that ran on the moving image pre-warped by the affine:
+    ``warped(x) = prewarped(x + d(x)) = moving(A (x + d(x)))``. ``disp_vox`` is
+    ``(I, J, K, 3)`` in fixed voxels; the result has the same shape, float32.
+    """
+    disp_vox = np.asarray(disp_vox, dtype=np.float32)
+    fixed_vox2world = np.asarray(fixed_vox2world, dtype=np.float64)
+    vox2vox = (
+        np.linalg.inv(fixed_vox2world) @ np.asarray(fixed2moving_world, dtype=np.float64) @ fixed_vox2world
+    )
+    out = affine_displacement(fixed2moving_world, fixed_vox2world, disp_vox.shape[:3])
+    linear = vox2vox[:3, :3].astype(np.float32)
+    for c in range(3):
+        out[..., c] += (
+            disp_vox[..., 0] * linear[c, 0]
+            + disp_vox[..., 1] * linear[c, 1]
+            + disp_vox[..., 2] * linear[c, 2]
+        )
+    return out

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from inference.geometry import affine_displacement, apply_affine
+from inference.geometry import apply_affine
 
 
 @dataclass(frozen=True)
@@ -164,27 +164,6 @@ def nonrigid_displacement_coarse(
     v_mm = velocity_world(world, p, residual_noise)
     world2vox_linear = np.linalg.inv(np.asarray(fixed_vox2world)[:3, :3])
     return scaling_and_squaring(v_mm @ world2vox_linear.T, coarse.step)
-
-
-def total_displacement(
-    nonrigid_vox: NDArray, rigid_f2m_world: NDArray, fixed_vox2world: NDArray
-) -> NDArray[np.float32]:
-    """Compose the rigid part after the non-rigid one, on the fine grid.
-
-    With ``A = inv(F) @ rigid @ F`` (F = ``fixed_vox2world``, moving grid = fixed grid):
-    ``x + u(x) = A (x + u_nr(x))``, so ``u = (A x - x) + A_lin u_nr(x)``.
-    """
-    shape = nonrigid_vox.shape[:3]
-    vox2vox = np.linalg.inv(fixed_vox2world) @ rigid_f2m_world @ fixed_vox2world
-    disp = affine_displacement(rigid_f2m_world, fixed_vox2world, shape)
-    lin = vox2vox[:3, :3].astype(np.float32)
-    for c in range(3):
-        disp[..., c] += (
-            nonrigid_vox[..., 0] * lin[c, 0]
-            + nonrigid_vox[..., 1] * lin[c, 1]
-            + nonrigid_vox[..., 2] * lin[c, 2]
-        )
-    return disp
 
 
 def magnitude_mm(disp_vox: NDArray, fixed_vox2world: NDArray) -> NDArray[np.float64]:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from evaluation.metrics import sample_displacement
 from inference.errors import InputError
-from inference.geometry import apply_affine
+from inference.geometry import apply_affine, compose_affine_displacement
 from inference.io.atomic import write_text_atomic
 from inference.io.landmarks import write_landmarks_csv
 from inference.io.nifti import write_image
@@ -43,7 +43,6 @@ from synthesis.brainshift import (
     nonrigid_displacement_coarse,
     rigid_fixed2moving_world,
     smooth_noise,
-    total_displacement,
     upsample,
 )
 from synthesis.landmarks import pick_landmarks
@@ -303,7 +302,7 @@ def brain_shift(
         scale *= target_mean_mm / max(mean_mm, 1e-6)
     p = params.scaled(scale)
     u_nr = nonrigid_displacement_coarse(p, vox2world, coarse, noise)
-    disp = total_displacement(
+    disp = compose_affine_displacement(
         upsample(u_nr, step, (grid, grid, grid)), rigid_fixed2moving_world(p), vox2world
     )
     return disp, p, scale

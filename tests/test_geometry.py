@@ -8,6 +8,7 @@ from scipy import ndimage
 from inference.geometry import (
     affine_displacement,
     apply_affine,
+    compose_affine_displacement,
     identity_grid,
     resample_to_grid,
     same_grid,
@@ -78,3 +79,25 @@ def test_same_grid_detects_shifts(oblique_grid):
     assert same_grid(shape, vox2world, shape, vox2world)
     assert not same_grid(shape, vox2world, shape, shifted)
     assert not same_grid(shape, vox2world, (shape[0] + 1, *shape[1:]), vox2world)
+
+
+def test_field_then_affine_composition_is_analytic(oblique_grid):
+    """x + u(x) = A (x + d(x)) for a known affine A and a known, spatially varying field d."""
+    shape, vox2world = oblique_grid
+    rng = np.random.default_rng(3)
+    f2m = np.eye(4)
+    f2m[:3, :3] += rng.normal(0, 0.03, (3, 3))  # general affine: rotation, scaling and shear
+    f2m[:3, 3] = [2.0, -1.5, 3.0]
+    zero = np.zeros((*shape, 3), dtype=np.float32)
+    np.testing.assert_allclose(
+        compose_affine_displacement(zero, f2m, vox2world),
+        affine_displacement(f2m, vox2world, shape),
+        atol=1e-4,
+    )
+    grid = identity_grid(shape)
+    d = np.stack([np.sin(grid[..., 1] / 5.0), 0.5 * np.cos(grid[..., 2] / 7.0), 0.1 * grid[..., 0]], -1)
+    u = compose_affine_displacement(d.astype(np.float32), f2m, vox2world)
+    vox2vox = np.linalg.inv(vox2world) @ f2m @ vox2world
+    x = rng.integers(0, min(shape), size=(40, 3)).astype(float)
+    idx = tuple(x.astype(int).T)
+    np.testing.assert_allclose(x + u[idx], apply_affine(vox2vox, x + d[idx]), atol=1e-3)
