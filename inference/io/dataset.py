@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference.errors import InputError
+from inference.io.nifti import read_header
 
 log = logging.getLogger(__name__)
 
@@ -89,39 +90,111 @@ class RegistrationPair:
         return f"disp_{f.case}_{f.modality}_{m.case}_{m.modality}.nii.gz"
 
 
-def _resolve(root: Path, entry: str, json_path: Path) -> Path:
+def _resolve(root: Path, entry: object, json_path: Path) -> Path:
+    if not isinstance(entry, str):
+        raise InputError(f"the dataset json has {entry!r} where a file path is expected", path=json_path)
     path = (root / entry).resolve()
     if not path.is_file():
         raise InputError(f"the dataset json lists {entry!r}, which does not exist", path=json_path)
+    ImageName.parse(path)  # a listed file must follow the naming convention too
     return path
+
+
+def _json_pair(root: Path, entry: object, key: str, json_path: Path) -> RegistrationPair:
+    """One ``{"fixed": ..., "moving": ...}`` entry, checked against the files and the naming rules."""
+    if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
+        raise InputError(f"malformed entry in {key!r}: {entry!r} (expected fixed and moving)", path=json_path)
+    pair = RegistrationPair(
+        fixed=_resolve(root, entry["fixed"], json_path), moving=_resolve(root, entry["moving"], json_path)
+    )
+    fixed, moving = pair.fixed_name, pair.moving_name
+    if fixed.modality != FIXED_MODALITY:
+        raise InputError(
+            f"{key} lists {pair.fixed.name} as fixed; the fixed image must be the ultrasound _{FIXED_MODALITY}",
+            path=json_path,
+            case=fixed.case,
+        )
+    if moving.modality not in MOVING_MODALITIES:
+        raise InputError(
+            f"{key} lists {pair.moving.name} as moving; expected a _0001 (ceT1) or _0002 (T2) image",
+            path=json_path,
+            case=moving.case,
+        )
+    if fixed.case != moving.case:
+        log.warning(
+            "%s pairs images of two cases: %s and %s", json_path.name, pair.fixed.name, pair.moving.name
+        )
+    return pair
+
+
+def _check_declared_counts(meta: dict, json_path: Path) -> None:
+    """Warn where the json's ``num*`` counts disagree with its own lists."""
+    for count_key, list_key in (
+        ("numTraining", "training"),
+        ("numRegistration_val", "registration_val"),
+        ("numRegistration_test", "registration_test"),
+    ):
+        declared, listed = meta.get(count_key), meta.get(list_key)
+        if isinstance(declared, int) and isinstance(listed, list) and declared != len(listed):
+            log.warning(
+                "%s: %s is %d but %s lists %d entries",
+                json_path.name,
+                count_key,
+                declared,
+                list_key,
+                len(listed),
+            )
+
+
+def check_declared_shape(pairs: list[RegistrationPair], meta: dict, json_path: Path) -> None:
+    """Raise :class:`InputError` when an ultrasound's shape disagrees with ``tensorImageShape``.
+
+    Only headers are read. The json's shape of modality ``"0"`` (the US) is what the challenge
+    declares for every fixed image; the fixed grid is the output grid, so a disagreement means
+    the json and the files are not the same dataset.
+    """
+    declared = (meta.get("tensorImageShape") or {}).get("0") if isinstance(meta, dict) else None
+    if not isinstance(declared, list) or len(declared) != 3:
+        return
+    for fixed in sorted({p.fixed for p in pairs}):
+        shape, _ = read_header(fixed, ImageName.parse(fixed).case)
+        if tuple(shape[:3]) != tuple(declared):
+            raise InputError(
+                f"shape {tuple(shape)} disagrees with tensorImageShape {declared} in {json_path.name}",
+                path=fixed,
+                case=ImageName.parse(fixed).case,
+            )
 
 
 def _pairs_from_json(root: Path, json_path: Path) -> list[RegistrationPair]:
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the dataset json ({exc})", path=json_path) from exc
+    if not isinstance(meta, dict):
+        raise InputError("the dataset json is not an object with Learn2Reg keys", path=json_path)
+    _check_declared_counts(meta, json_path)
     for key in ("registration_test", "registration_val"):
         entries = meta.get(key) or []
         if entries:
             log.info("Using %d pairs from %s in %s", len(entries), key, json_path.name)
-            try:
-                return [
-                    RegistrationPair(
-                        fixed=_resolve(root, e["fixed"], json_path),
-                        moving=_resolve(root, e["moving"], json_path),
-                    )
-                    for e in entries
-                ]
-            except (KeyError, TypeError) as exc:
-                raise InputError(f"malformed entry in {key!r} ({exc})", path=json_path) from exc
-    images = [_resolve(root, e["image"], json_path) for e in meta.get("training", [])]
+            if not isinstance(entries, list):
+                raise InputError(f"{key!r} is not a list", path=json_path)
+            pairs = [_json_pair(root, e, key, json_path) for e in entries]
+            check_declared_shape(pairs, meta, json_path)
+            return pairs
+    training = meta.get("training") or []
+    if not isinstance(training, list) or not all(isinstance(e, dict) and "image" in e for e in training):
+        raise InputError("malformed 'training' list (expected [{\"image\": ...}, ...])", path=json_path)
+    images = [_resolve(root, e["image"], json_path) for e in training]
     log.info(
         "No registration_test/val in %s: pairing the %d training images",
         json_path.name,
         len(images),
     )
-    return _pair_images(images)
+    pairs = _pair_images(images)
+    check_declared_shape(pairs, meta, json_path)
+    return pairs
 
 
 def _pair_images(images: list[Path]) -> list[RegistrationPair]:

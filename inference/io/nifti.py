@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +36,12 @@ class Image:
         return voxel_spacing(self.vox2world)
 
 
+# Guards against corrupt headers: a real ReMIND2Reg image is 256^3 voxels.
+MAX_VOXELS = 1024**3
+# Fewer non-zero voxels than this and the ultrasound has no usable sector (field of view).
+MIN_SECTOR_VOXELS = 1000
+
+
 def _load(path: Path, case: str | None) -> nib.Nifti1Image:
     if not path.is_file():
         raise InputError("file not found", path=path, case=case)
@@ -48,23 +52,44 @@ def _load(path: Path, case: str | None) -> nib.Nifti1Image:
     return img
 
 
+def _check_header(img: nib.Nifti1Image, path: Path, case: str | None) -> tuple[int, int, int]:
+    """The 3D shape announced by the header; raises unless it is a plausible 3D real image."""
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(
+            f"expected a 3D image, found {len(img.shape)}D shape {img.shape}", path=path, case=case
+        )
+    if min(shape) < 1:
+        raise InputError(f"the image is empty (shape {img.shape})", path=path, case=case)
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise InputError(
+            f"implausible image size {img.shape} (more than {MAX_VOXELS} voxels): corrupt header?",
+            path=path,
+            case=case,
+        )
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind not in "biuf":
+        raise InputError(f"unsupported voxel data type {dtype} (expected real numbers)", path=path, case=case)
+    return shape  # type: ignore[return-value]
+
+
 def read_image(path: str | Path, case: str | None = None, *, allow_nonfinite: bool = False) -> Image:
     """Read a 3D NIfTI image as float32 and validate it.
 
     Raises :class:`InputError` naming the case and the file when the file is missing, corrupt
-    (including a truncated ``.gz``), not 3D (a trailing singleton 4th axis is accepted), or
-    holds NaN/Inf values.
+    (including a truncated ``.gz``), not 3D (a trailing singleton 4th axis is accepted), empty,
+    of a non-real data type, holds NaN/Inf values, or has a singular voxel-to-world matrix.
     """
     path = Path(path)
     img = _load(path, case)
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise InputError(f"expected a 3D image, found shape {img.shape}", path=path, case=case)
     try:
+        shape = _check_header(img, path, case)
         array = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+    except InputError:
+        raise
+    except Exception as exc:  # zlib, EOF, short reads, scaling overflow, bad sizes: all mean corrupt
         raise InputError(f"image data is truncated or corrupt ({exc})", path=path, case=case) from exc
     if not allow_nonfinite and not np.isfinite(array).all():
         n_bad = int((~np.isfinite(array)).sum())
@@ -73,6 +98,35 @@ def read_image(path: str | Path, case: str | None = None, *, allow_nonfinite: bo
     if not np.isfinite(vox2world).all() or abs(np.linalg.det(vox2world[:3, :3])) < 1e-12:
         raise InputError("the header's voxel-to-world matrix is singular or invalid", path=path, case=case)
     return Image(array=array, vox2world=vox2world, path=path)
+
+
+def check_not_constant(image: Image, case: str | None = None, what: str = "image") -> None:
+    """Raise :class:`InputError` when every voxel of ``image`` has the same value."""
+    lo, hi = float(image.array.min()), float(image.array.max())
+    if lo == hi:
+        raise InputError(
+            f"the {what} is constant (every voxel is {lo:g}): nothing to register", path=image.path, case=case
+        )
+
+
+def check_ultrasound(
+    image: Image, case: str | None = None, min_sector_voxels: int = MIN_SECTOR_VOXELS
+) -> None:
+    """Raise :class:`InputError` unless ``image`` is a usable ultrasound (the fixed image).
+
+    The US is zero outside its sector (field of view). Rejected: a constant or all-zero US,
+    and a US with fewer non-zero voxels than ``min(min_sector_voxels, 1 % of the grid)``
+    (no sector to register in). A US with no zero background is accepted.
+    """
+    check_not_constant(image, case, what="ultrasound")
+    nonzero = int(np.count_nonzero(image.array))
+    needed = min(min_sector_voxels, max(1, image.array.size // 100))
+    if nonzero < needed:
+        raise InputError(
+            f"the ultrasound has no sector: {nonzero} non-zero voxels, at least {needed} needed",
+            path=image.path,
+            case=case,
+        )
 
 
 def read_header(path: str | Path, case: str | None = None) -> tuple[tuple[int, ...], NDArray[np.float64]]:
