@@ -1,7 +1,31 @@
-"""The ``remind2reg`` command line: ``register``, ``evaluate``, ``pack`` and ``synth`` subcommands.
+"""The ``remind2reg`` command line: ``register``, ``evaluate``, ``report``, ``pack`` and ``synth``.
 
-Exit codes: 0 success, 1 a step failed, 2 bad command line, 3 invalid or missing input
-(see :mod:`inference.errors`).
+Exit codes (:mod:`inference.errors`):
+
+* 0: success. Also ``register`` with failed cases under ``--allow-failures``: the summary at
+  the end and ``timings.json`` still list them.
+* 1: a step failed: a case of ``register`` raised an error that is not an invalid input, or a
+  pair of ``report`` could not be drawn.
+* 2: bad command line (or a bad ``$REMIND2REG_*`` value).
+* 3: the input is missing, unreadable or invalid: no pair found, a bad ``--config``, a
+  dataset json that disagrees with the files, or, for ``register``, every failed case failed
+  on an invalid input (each message names the case and the file).
+
+What ``register`` does when a case fails (``--on-error``, default ``$REMIND2REG_ON_ERROR`` or
+``skip``):
+
+* ``fail``: stop at that case. Finished cases keep their files; exit 1 or 3.
+* ``skip``: log the error, write nothing for the case (a file left there by an earlier run
+  is removed), go on; exit 1 or 3 at the end, after a summary of the failures.
+* ``identity``: as ``skip``, but write the zero field (the initial alignment) for the case,
+  with ``"fallback": "identity"`` and the error in ``timings.json``. This makes a complete,
+  valid submission, so a challenge container should run with ``REMIND2REG_ON_ERROR=identity``
+  and ``REMIND2REG_ALLOW_FAILURES=1``.
+
+The exit status is non-zero whenever a case failed, unless ``--allow-failures`` (or
+``$REMIND2REG_ALLOW_FAILURES=1``) says failures are acceptable. ``--resume`` keeps pairs whose
+output exists and reads back as a valid field; outputs are bit-identical for the same input and
+``--seed`` on the CPU, so a resumed run ends with the same files as a full one.
 """
 
 from __future__ import annotations
@@ -19,6 +43,27 @@ log = logging.getLogger("remind2reg")
 
 MODALITY_CHOICES = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
 DEVICES = ["auto", "cpu", "cuda"]
+ON_ERROR = ["fail", "skip", "identity"]  # inference.pipeline.ON_ERROR_POLICIES, without importing torch
+
+
+class _MethodChoices:
+    """The names in ``inference.pipeline.METHODS``, imported only when argparse needs them.
+
+    The pipeline imports torch, which takes seconds; ``evaluate`` and ``report`` should not pay
+    for it. argparse only tests membership and iterates the choices (help, error messages).
+    """
+
+    @staticmethod
+    def _names() -> tuple[str, ...]:
+        from inference.pipeline import METHODS
+
+        return tuple(METHODS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
 
 
 def _env_choice(name: str, default: str, choices: list[str]) -> str:
@@ -39,7 +84,7 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default="convex-adam",
-        choices=["convex-adam", "identity", "niftyreg-rigid", "niftyreg-affine"],
+        choices=_MethodChoices(),
         help="registration method (niftyreg-*: reg_aladin alone, the organisers' baseline family)",
     )
     p.add_argument(
@@ -59,6 +104,25 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         choices=DEVICES,
         help="compute device; auto falls back to the CPU with a warning (default: $REMIND2REG_DEVICE or auto)",
     )
+    p.add_argument(
+        "--on-error",
+        default=_env_choice("REMIND2REG_ON_ERROR", "skip", ON_ERROR),
+        choices=ON_ERROR,
+        help="a failing case: fail = stop the batch, skip = write nothing and go on, identity = write "
+        "the zero field, record it in timings.json and go on (default: $REMIND2REG_ON_ERROR or skip)",
+    )
+    p.add_argument(
+        "--allow-failures",
+        action=argparse.BooleanOptionalAction,
+        default=_env_choice("REMIND2REG_ALLOW_FAILURES", "0", ["0", "1"]) == "1",
+        help="exit 0 even when cases failed (default: $REMIND2REG_ALLOW_FAILURES=1 or no)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep pairs whose output exists and is a valid field; redo the rest",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (same input + seed: same fields on CPU)")
     p.set_defaults(func=_run_register)
 
 
@@ -70,6 +134,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", type=Path, help="write one CSV row per pair")
     p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
     p.set_defaults(func=_run_evaluate)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="visual QC: overlays before/after, landmarks, det J and patch-wise MI per pair"
+    )
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (images, landmarks if any)")
+    p.add_argument("--pred", required=True, type=Path, help="folder with disp_*.nii.gz")
+    p.add_argument("--out", required=True, type=Path, help="folder for index.html and one PNG per pair")
+    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
+    p.set_defaults(func=_run_report)
 
 
 def _add_pack(sub: argparse._SubParsersAction) -> None:
@@ -121,15 +196,23 @@ def _run_register(args: argparse.Namespace) -> int:
 
     config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
     device = _resolve_device(args.device)
-    register_folder(
+    summary = register_folder(
         args.input,
         args.output,
         method=args.method,
         modalities=MODALITY_CHOICES[args.modalities],
         device=device,
         config=config,
+        on_error=args.on_error,
+        resume=args.resume,
+        seed=args.seed,
     )
-    return EXIT_OK
+    if summary.ok:
+        return EXIT_OK
+    if args.allow_failures:
+        log.warning("%d cases failed; exiting with 0 as --allow-failures asks", len(summary.failures))
+        return EXIT_OK
+    return EXIT_INPUT if summary.input_errors_only else EXIT_FAILURE
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -139,6 +222,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(report.table())
     write_report(report, args.json, args.csv)
     return EXIT_OK
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from evaluation.report import build_report
+
+    result = build_report(args.data, args.pred, args.out, MODALITY_CHOICES[args.modalities])
+    print(f"wrote {result.index}")
+    return EXIT_OK if result.ok else EXIT_FAILURE
 
 
 def _run_pack(args: argparse.Namespace) -> int:
@@ -173,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_register(sub)
     _add_evaluate(sub)
+    _add_report(sub)
     _add_pack(sub)
     _add_synth(sub)
     return parser

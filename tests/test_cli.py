@@ -136,7 +136,8 @@ def test_register_resamples_a_moving_image_on_another_grid(dataset, tmp_path, ca
     from inference.io.nifti import write_image
 
     other = oblique_vox2world(spacing=(0.6, 0.6, 0.6), angles_deg=(10, 0, 0))
-    write_image(root / "imagesTr" / "ReMIND2Reg_0002_0001.nii.gz", np.ones((20, 20, 20)), other)
+    moving = np.random.default_rng(1).random((20, 20, 20))
+    write_image(root / "imagesTr" / "ReMIND2Reg_0002_0001.nii.gz", moving, other)
     out = tmp_path / "out"
     with caplog.at_level("WARNING"):
         assert register(str(root), str(out), "--modalities", "ceT1", "--device", "cpu") == EXIT_OK

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+PARTIAL_MARK = ".partial"  # in the name of every temporary file made by atomic_path
 
 
 @contextlib.contextmanager
@@ -18,17 +22,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary name keeps the final suffixes (e.g. ``.nii.gz``) so that writers choosing a
     format from the extension behave the same. On error the temporary file is removed and
-    ``path`` is left untouched. ``os.replace`` is atomic on POSIX within one file system.
+    ``path`` is left untouched. ``os.replace`` is atomic on POSIX within one file system; the
+    data is flushed to disk (``fsync``) before the rename, so a crash cannot leave an empty file
+    under the final name either. Temporary names are ``.<name>.<random>.partial<suffixes>``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f"{PARTIAL_MARK}{suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give results the usual permissions
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -39,3 +48,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def remove_stale_partials(folder: str | Path) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_path` left in ``folder``.
+
+    A process killed outright (SIGKILL, power loss) cannot run its cleanup; its temporary
+    files are hidden (leading dot) and never carry a result name, but they waste space. Call
+    this only where no other process is writing into ``folder``. Returns the removed paths.
+    """
+    folder = Path(folder)
+    stale = sorted(p for p in folder.glob(f".*{PARTIAL_MARK}*") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("Removed %d temporary files left by an interrupted run in %s", len(stale), folder)
+    return stale
