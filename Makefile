@@ -37,6 +37,7 @@ demo: install
 	$(BIN)/remind2reg register --input $(DEMO_DIR)/data --output $(DEMO_DIR)/pred
 	$(BIN)/remind2reg evaluate --data $(DEMO_DIR)/data --pred $(DEMO_DIR)/pred \
 		--json $(DEMO_DIR)/metrics.json --csv $(DEMO_DIR)/metrics.csv
+	$(BIN)/remind2reg report --data $(DEMO_DIR)/data --pred $(DEMO_DIR)/pred --out $(DEMO_DIR)/report
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

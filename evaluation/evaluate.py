@@ -140,9 +140,16 @@ def _check_inside(points: np.ndarray, shape: tuple[int, ...], path: Path, case: 
 
 
 def evaluate_pair(
-    pair: RegistrationPair, pred_dir: Path, data_root: Path, runtime_s: float | None = None
+    pair: RegistrationPair,
+    pred_dir: Path,
+    data_root: Path,
+    runtime_s: float | None = None,
+    disp: np.ndarray | None = None,
 ) -> PairResult:
-    """All metrics of one pair; raises :class:`InputError` on missing or invalid files."""
+    """All metrics of one pair; raises :class:`InputError` on missing or invalid files.
+
+    ``disp``: the pair's field, already read with :func:`read_displacement` (else it is read).
+    """
     case = pair.case
     fix_path, mov_path = landmark_path(pair.fixed, data_root), landmark_path(pair.moving, data_root)
     if fix_path is None or mov_path is None:
@@ -163,7 +170,8 @@ def evaluate_pair(
     _check_inside(mov_lms, moving_shape, mov_path, case)
     spacing_mov = header_spacing(pair.moving)
 
-    disp = read_displacement(pred_dir / pair.output_name, expected_shape=fixed_shape)
+    if disp is None:
+        disp = read_displacement(pred_dir / pair.output_name, expected_shape=fixed_shape)
     tre = target_registration_error(fix_lms, mov_lms, disp, spacing_mov)
     tre0 = np.linalg.norm((fix_lms - mov_lms) * spacing_mov, axis=1)
     jac_det = jacobian_determinant(disp)
