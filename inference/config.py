@@ -14,6 +14,9 @@ subset; unknown keys are an error. Example (TOML)::
     weight = 0.4
     [adam]
     iterations = 60
+    [affine]
+    method = "blockmatch"
+    transform = "rigid"
 
 Grid spacings and search ranges are in voxels of the WORKING grid (``working_spacing_mm``).
 """
@@ -24,12 +27,14 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
+from inference.affine.blockmatch import TRANSFORMS, BlockMatchSettings
 from inference.deformable.instance import AdamSettings
 from inference.errors import InputError
 
 FUSIONS = ("none", "joint", "mean", "max")
+AFFINE_METHODS = ("none", "blockmatch", "niftyreg")
 COMBINES = ("last", "weighted")
 
 
@@ -60,11 +65,34 @@ class ConvexSettings:
 
 
 @dataclass(frozen=True)
+class AffineStageSettings:
+    """The global stage before the deformable one (``method = "none"``: the header alignment).
+
+    ``blockmatch``: MIND-SSC block matching + LTS (:mod:`inference.affine.blockmatch`);
+    ``niftyreg``: ``reg_aladin`` with the organisers' settings (:mod:`inference.affine.niftyreg`).
+    One transform is shared by ceT1 and T2 unless ``fusion = "none"``: block matching then
+    matches their features jointly, and ``reg_aladin`` registers the first moving sequence.
+    """
+
+    method: str = "none"
+    transform: str = "rigid"  # rigid | affine
+    blockmatch: BlockMatchSettings = field(default_factory=BlockMatchSettings)
+
+    def __post_init__(self) -> None:
+        if self.method not in AFFINE_METHODS:
+            raise ValueError(f"affine.method must be one of {AFFINE_METHODS}, got {self.method!r}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"affine.transform must be one of {TRANSFORMS}, got {self.transform!r}")
+
+
+@dataclass(frozen=True)
 class RegistrationConfig:
     working_spacing_mm: float = 1.0  # images are averaged down to this spacing
     crop_margin_mm: float = 12.0  # margin around the US sector's bounding box
     fusion: str = "joint"  # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO)
     guard: bool = True  # keep the input alignment when the result does not raise the NMI
+    deformable: bool = True  # False: the affine stage alone (e.g. --method blockmatch-rigid)
+    affine: AffineStageSettings = field(default_factory=AffineStageSettings)
     mind: MindSettings = field(default_factory=MindSettings)
     convex: ConvexSettings = field(default_factory=ConvexSettings)
     adam: AdamSettings = field(default_factory=AdamSettings)
@@ -110,10 +138,11 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
+        items = get_args(hint)
         if is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{where}.{key}")
-        elif key == "levels":
-            kwargs[key] = tuple(_build(LevelSettings, v, f"{where}.levels[{i}]") for i, v in enumerate(value))
+        elif items and is_dataclass(items[0]):  # tuple[SomeSettings, ...]
+            kwargs[key] = tuple(_build(items[0], v, f"{where}.{key}[{i}]") for i, v in enumerate(value))
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:

@@ -39,8 +39,32 @@ def test_guard_keeps_a_good_field_and_rejects_a_bad_one():
     grid = working_grid(mask, 1.0, method.config)
     images = method.features(fixed, {"0001": moving}, grid, mask)
     notes: dict = {}
-    kept = method.guard(images, {"0001": disp_true}, notes)
+    kept, _ = method.guard(images, {"0001": disp_true}, {}, notes)
     assert torch.equal(kept["0001"], disp_true) and "fallback_0001" not in notes
     wrong = -3.0 * disp_true
-    rejected = method.guard(images, {"0001": wrong}, notes)
+    rejected, _ = method.guard(images, {"0001": wrong}, {}, notes)
     assert float(rejected["0001"].abs().max()) == 0.0 and notes["fallback_0001"] is True
+
+
+def test_guard_judges_the_affine_and_the_field_together():
+    """A pure shift given as the affine stage (zero deformable field) is kept; its opposite is
+    rejected, and the affine is dropped with the field."""
+    moving_np = _volume(2) + 3.0
+    shift = torch.zeros(1, 3, *moving_np.shape)
+    shift[:, 0] = 2.0
+    fixed_np = warp(torch.from_numpy(moving_np)[None, None], shift)[
+        0, 0
+    ].numpy()  # fixed(x) = moving(x + 2 e_i)
+    fixed, moving = Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4))
+    method = ConvexAdamMethod(RegistrationConfig(working_spacing_mm=1.0, crop_margin_mm=0.0))
+    mask = sector_mask(fixed_np)
+    grid = working_grid(mask, 1.0, method.config)
+    images = method.features(fixed, {"0001": moving}, grid, mask)
+    zero = torch.zeros_like(shift)
+    for sign, keep in ((1.0, True), (-1.5, False)):
+        f2m = np.eye(4)
+        f2m[0, 3] = 2.0 * sign  # world = voxels here (identity vox2world)
+        method.prewarp(images, {"0001": f2m}, grid.vox2world(fixed.vox2world))
+        notes: dict = {}
+        _, affine = method.guard(images, {"0001": zero}, {"0001": f2m}, notes)
+        assert ("0001" in affine) is keep and ("fallback_0001" not in notes) is keep

@@ -5,10 +5,14 @@ Stages of one case (:meth:`ConvexAdamMethod.__call__`):
 1. ``sector``: the US field of view (non-zero voxels, holes filled) and a crop box around it;
 2. ``features``: images averaged down to the working grid inside the crop; MIND-SSC of the US
    (masked by the sector) and of each MR;
-3. ``convex``: coarse-to-fine levels of dense correlation + coupled convex optimisation;
-4. ``adam``: instance optimisation of a stationary velocity field (fold-free);
-5. ``embed``: the working-grid field mapped back to the full fixed grid (challenge format),
-   extended beyond the crop by its border values.
+3. ``affine`` (optional, ``config.affine``): a global rigid/affine transform by MIND block
+   matching or ``reg_aladin``; the MR images are pre-warped by it;
+4. ``convex``: coarse-to-fine levels of dense correlation + coupled convex optimisation;
+5. ``adam``: instance optimisation of a stationary velocity field (fold-free);
+6. ``guard``: the result must raise the US/MR NMI over the input alignment;
+7. ``embed``: the working-grid field mapped back to the full fixed grid (challenge format),
+   extended beyond the crop by its border values, then composed with the affine:
+   ``x + u(x) = A (x + d(x))`` (:func:`inference.geometry.compose_affine_displacement`).
 
 Working grid: working voxel ``w`` is the block of ``factor^3`` full voxels starting at
 ``lo + factor * w``, whose centre is full voxel ``lo + factor * w + (factor - 1) / 2``.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from inference.affine.blockmatch import affine_after_field, affine_field, block_match
 from inference.config import RegistrationConfig
 from inference.deformable.convex import cost_volume, coupled_convex, inverse_consistent, pool
 from inference.deformable.fields import compose, identity_voxels, sample, upsample_cells, warp
@@ -33,6 +38,7 @@ from inference.deformable.guard import check_against_identity
 from inference.deformable.instance import instance_optimise
 from inference.errors import InputError
 from inference.features.mind import mind_ssc
+from inference.geometry import compose_affine_displacement
 from inference.io.nifti import Image
 from inference.methods.base import MethodResult
 
@@ -61,6 +67,14 @@ class WorkingGrid:
         dst = tuple(slice(s.start - lo, s.stop - lo) for s, lo in zip(src, self.lo, strict=True))
         out[dst] = array[src]
         return out
+
+    def vox2world(self, fixed_vox2world: NDArray) -> NDArray[np.float64]:
+        """Working voxel -> world: working voxel ``w`` is centred on full voxel
+        ``lo + factor * w + (factor - 1) / 2``."""
+        full = np.eye(4)
+        full[:3, :3] *= self.factor
+        full[:3, 3] = np.asarray(self.lo) + (self.factor - 1) / 2.0
+        return np.asarray(fixed_vox2world, dtype=np.float64) @ full
 
     def to_working(self, array: NDArray, device: torch.device) -> torch.Tensor:
         """``(1, 1, *shape)`` tensor: the crop averaged over factor^3 blocks."""
@@ -113,13 +127,19 @@ def embed(disp: torch.Tensor, grid: WorkingGrid, chunk: int = 16) -> NDArray[np.
 
 @dataclass
 class WorkingImages:
-    """Everything on the working grid: images ``(1, 1, ...)``, sector mask, MIND features."""
+    """Everything on the working grid: images ``(1, 1, ...)``, sector mask, MIND features.
+
+    ``mr`` holds the MR images as given (input alignment); ``mr_features`` are those the
+    deformable stage sees: of the MR pre-warped by the affine stage when there is one, i.e.
+    ``prewarped(x) = mr(vox2vox[mod] @ x)`` in working voxels.
+    """
 
     us: torch.Tensor
     mr: dict[str, torch.Tensor]
     mask: torch.Tensor
     us_features: torch.Tensor
     mr_features: dict[str, torch.Tensor]
+    vox2vox: dict[str, NDArray[np.float64]] = field(default_factory=dict)  # affine stage, working voxels
 
 
 class ConvexAdamMethod:
@@ -190,6 +210,62 @@ class ConvexAdamMethod:
         stages["adam"] = stages.get("adam", 0.0) + time.perf_counter() - t1
         return disp
 
+    def affine(
+        self, fixed: Image, moving: dict[str, Image], images: WorkingImages, grid: WorkingGrid, mask: NDArray
+    ) -> dict[str, NDArray[np.float64]]:
+        """``fixed2moving_world`` per moving sequence (one shared matrix unless fusion is "none")."""
+        cfg = self.config.affine
+        shared = self.config.fusion != "none" and len(moving) > 1
+        groups = [list(moving)] if shared else [[m] for m in moving]
+        out: dict[str, NDArray[np.float64]] = {}
+        for mods in groups:
+            if cfg.method == "blockmatch":
+                feats = torch.cat([images.mr_features[m] for m in mods], 1)
+                us = images.us_features.repeat(1, len(mods), 1, 1, 1)
+                result = block_match(
+                    us, feats, images.mask, grid.vox2world(fixed.vox2world), cfg.transform, cfg.blockmatch
+                )
+                matrix = result.fixed2moving_world
+            else:  # niftyreg: reg_aladin on the first sequence of the group
+                from inference.affine.niftyreg import AladinSettings, run_aladin
+
+                settings = AladinSettings(rigid_only=cfg.transform == "rigid")
+                matrix = run_aladin(fixed, moving[mods[0]], mask, settings).fixed2moving_world
+            for m in mods:
+                out[m] = matrix
+        return out
+
+    def prewarp(self, images: WorkingImages, fixed2moving_world: dict, working_vox2world: NDArray) -> None:
+        """Replace the MR features by those of the MR warped by the affine stage (in place)."""
+        cfg = self.config.mind
+        w_inv = np.linalg.inv(working_vox2world)
+        shape = tuple(images.us.shape[-3:])
+        for mod, matrix in fixed2moving_world.items():
+            vox2vox = w_inv @ matrix @ working_vox2world
+            warped = warp(images.mr[mod], affine_field(vox2vox, shape, images.us.device))
+            images.mr_features[mod] = mind_ssc(warped, cfg.radius, cfg.dilation, None, self.feature_dtype)
+            images.vox2vox[mod] = vox2vox
+
+    def deformable(self, images: WorkingImages, stages: dict) -> dict[str, torch.Tensor]:
+        """Working-grid fields by moving sequence; one shared tensor when the sequences are fused."""
+        fixed_feat, moving_feat, mask_w = images.us_features, images.mr_features, images.mask
+        fusion = self.config.fusion if len(moving_feat) > 1 else "none"
+        if not self.config.deformable:
+            zero = torch.zeros((1, 3, *images.us.shape[-3:]), device=images.us.device)
+            return dict.fromkeys(moving_feat, zero)
+        if fusion == "joint":
+            mods = list(moving_feat)
+            joint_moving = torch.cat([moving_feat[m] for m in mods], 1)
+            joint_fixed = fixed_feat.repeat(1, len(mods), 1, 1, 1)
+            disp = self.register_features(joint_fixed, joint_moving, mask_w, stages)
+            return dict.fromkeys(mods, disp)
+        working = {m: self.register_features(fixed_feat, f, mask_w, stages) for m, f in moving_feat.items()}
+        if fusion in ("mean", "max"):
+            stacked = torch.stack(list(working.values()))
+            fused = stacked.mean(0) if fusion == "mean" else stacked.max(0).values
+            working = dict.fromkeys(working, fused)
+        return working
+
     # -- a case ----------------------------------------------------------------------------
 
     def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult:
@@ -206,54 +282,61 @@ class ConvexAdamMethod:
         t = time.perf_counter()
         with torch.no_grad():
             images = self.features(fixed, moving, grid, mask)
-        fixed_feat, moving_feat, mask_w = images.us_features, images.mr_features, images.mask
         stages["features"] = time.perf_counter() - t
 
-        fusion = self.config.fusion if len(moving) > 1 else "none"
-        if fusion == "joint":
-            mods = list(moving_feat)
-            joint_moving = torch.cat([moving_feat[m] for m in mods], 1)
-            joint_fixed = fixed_feat.repeat(1, len(mods), 1, 1, 1)
-            disp = self.register_features(joint_fixed, joint_moving, mask_w, stages)
-            working = dict.fromkeys(mods, disp)
-        else:
-            working = {
-                m: self.register_features(fixed_feat, f, mask_w, stages) for m, f in moving_feat.items()
-            }
-            if fusion in ("mean", "max"):
-                stacked = torch.stack(list(working.values()))
-                fused = stacked.mean(0) if fusion == "mean" else stacked.max(0).values
-                working = dict.fromkeys(working, fused)
+        notes: dict[str, object] = {"working_shape": grid.shape, "fusion": self.config.fusion}
+        affine: dict[str, NDArray[np.float64]] = {}
+        if self.config.affine.method != "none":
+            t = time.perf_counter()
+            with torch.no_grad():
+                affine = self.affine(fixed, moving, images, grid, mask)
+                self.prewarp(images, affine, grid.vox2world(fixed.vox2world))
+            for mod, matrix in affine.items():
+                notes[f"fixed2moving_world_{mod}"] = np.round(matrix, 6).tolist()
+            stages["affine"] = time.perf_counter() - t
+
+        working = self.deformable(images, stages)
 
         t = time.perf_counter()
-        notes: dict[str, object] = {"working_shape": grid.shape, "fusion": fusion}
         if self.config.guard:
-            working = self.guard(images, working, notes, case=fixed.path.name if fixed.path else "?")
+            working, affine = self.guard(
+                images, working, affine, notes, case=fixed.path.name if fixed.path else "?"
+            )
         stages["guard"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        cache: dict[int, NDArray[np.float32]] = {}
+        cache: dict[tuple[int, int], NDArray[np.float32]] = {}
         fields = {}
         for mod, disp in working.items():
-            if id(disp) not in cache:
-                cache[id(disp)] = embed(disp, grid)
-            fields[mod] = cache[id(disp)]
+            key = (id(disp), id(affine.get(mod)))
+            if key not in cache:
+                full = embed(disp, grid)
+                if mod in affine:
+                    full = compose_affine_displacement(full, affine[mod], fixed.vox2world)
+                cache[key] = full
+            fields[mod] = cache[key]
         stages["embed"] = time.perf_counter() - t
         return MethodResult(fields=fields, stages=stages, notes=notes)
 
-    def guard(self, images: WorkingImages, working: dict, notes: dict, case: str = "?") -> dict:
-        """Keep the input alignment for any field that does not raise the US/MR NMI.
+    def guard(
+        self, images: WorkingImages, working: dict, affine: dict, notes: dict, case: str = "?"
+    ) -> tuple[dict, dict]:
+        """Keep the input alignment for any result (affine + field) that does not raise the US/MR NMI.
 
-        With a shared (fused) field, the NMI gains of all moving images are summed.
+        The NMI is measured on the MR as given, warped by the whole result. With a shared
+        (fused) field, the NMI gains of all moving images are summed.
         """
-        gains: dict[int, float] = {}
+        gains: dict[tuple[int, int], float] = {}
+        keys = {}
         for mod, disp in working.items():
-            before, after = check_against_identity(images.us, images.mr[mod], images.mask, disp)
+            total = affine_after_field(images.vox2vox[mod], disp) if mod in affine else disp
+            before, after = check_against_identity(images.us, images.mr[mod], images.mask, total)
             notes[f"nmi_{mod}"] = (before, after)
-            gains[id(disp)] = gains.get(id(disp), 0.0) + (after - before)
-        out = {}
+            keys[mod] = (id(disp), id(affine.get(mod)))
+            gains[keys[mod]] = gains.get(keys[mod], 0.0) + (after - before)
+        out, kept_affine = {}, {}
         for mod, disp in working.items():
-            if gains[id(disp)] <= 0:
+            if gains[keys[mod]] <= 0:
                 log.warning(
                     "Case %s: registering %s did not raise the NMI with the ultrasound (%.4f -> %.4f); keeping the input alignment",
                     case,
@@ -264,4 +347,6 @@ class ConvexAdamMethod:
                 out[mod] = torch.zeros_like(disp)
             else:
                 out[mod] = disp
-        return out
+                if mod in affine:
+                    kept_affine[mod] = affine[mod]
+        return out, kept_affine

@@ -1,0 +1,272 @@
+"""In-house block matching on MIND-SSC features with a least-trimmed-squares rigid/affine fit.
+
+``reg_aladin`` matches blocks by intensity NCC, which is weak between MR and ultrasound. Here
+blocks are compared by the SSD of their MIND-SSC descriptors (modality independent), using
+the same cost volume as the deformable stage (:func:`inference.deformable.convex.cost_volume`):
+a block is a coarse cell of ``grid_sp`` working voxels, aggregated over its 3^3 neighbours.
+
+One iteration, on the working grid (voxel coordinates ``(i, j, k)``):
+
+1. warp the moving features by the current transform ``T`` (working voxel -> working voxel);
+2. for every cell of the sector with textured fixed features, find the best integer offset
+   ``d`` (plus a sub-voxel parabola step) within ``+-disp_hw`` cells;
+3. a match pairs fixed point ``p`` (cell centre) with moving point ``T(p + d)``;
+4. fit a rigid or affine ``T`` to the matches in world mm by least trimmed squares (LTS):
+   refit on the ``inlier_fraction`` of matches with the smallest residuals until the set of
+   inliers stops changing.
+
+Levels run coarse to fine, a few iterations each. The result is
+``fixed2moving_world``: ``moving_world = fixed2moving_world @ fixed_world``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from inference.deformable.convex import cost_volume, displacement_offsets, pool
+from inference.deformable.fields import identity_voxels, warp
+from inference.geometry import apply_affine
+
+log = logging.getLogger(__name__)
+
+TRANSFORMS = ("rigid", "affine")
+
+
+@dataclass(frozen=True)
+class BlockLevel:
+    grid_sp: int  # working voxels per block (cell)
+    disp_hw: int  # search half-width in cells: +- grid_sp * disp_hw working voxels
+    iterations: int = 3  # match -> fit rounds at this level
+
+
+@dataclass(frozen=True)
+class BlockMatchSettings:
+    levels: tuple[BlockLevel, ...] = (
+        BlockLevel(grid_sp=4, disp_hw=4, iterations=2),  # 4 mm blocks, +-16 mm
+        BlockLevel(grid_sp=2, disp_hw=2, iterations=1),  # 2 mm blocks, +-4 mm
+    )
+    block_fraction: float = 0.5  # keep this fraction of sector cells: the most textured (-pv)
+    min_sector_fraction: float = 0.75  # a cell must lie this much inside the sector
+    inlier_fraction: float = 0.5  # LTS: matches kept per refit (-pi); tolerates < 1 - this outliers
+    lts_iterations: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0 < self.inlier_fraction <= 1 or not 0 < self.block_fraction <= 1:
+            raise ValueError("blockmatch.inlier_fraction and block_fraction must be in (0, 1]")
+        if not self.levels:
+            raise ValueError("blockmatch.levels must not be empty")
+
+
+# ----------------------------------------------------------------------------- point fits
+
+
+def fit_rigid(src: NDArray, dst: NDArray) -> NDArray[np.float64]:
+    """The rotation + translation ``T`` (4x4) minimising ``sum |T src - dst|^2`` (Kabsch).
+
+    ``src``, ``dst``: ``(N, 3)`` corresponding points, N >= 3, not collinear.
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    cs, cd = src.mean(0), dst.mean(0)
+    u, _, vt = np.linalg.svd((src - cs).T @ (dst - cd))
+    sign = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0  # a proper rotation, no reflection
+    rotation = vt.T @ np.diag([1.0, 1.0, sign]) @ u.T
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = cd - rotation @ cs
+    return out
+
+
+def fit_affine(src: NDArray, dst: NDArray) -> NDArray[np.float64]:
+    """The affine ``T`` (4x4) minimising ``sum |T src - dst|^2`` (linear least squares), N >= 4."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    design = np.hstack([src, np.ones((len(src), 1))])  # (N, 4)
+    solution, *_ = np.linalg.lstsq(design, dst, rcond=None)  # (4, 3): dst = design @ solution
+    out = np.eye(4)
+    out[:3, :] = solution.T
+    return out
+
+
+@dataclass
+class LtsFit:
+    matrix: NDArray[np.float64]  # dst ~ matrix @ src
+    inliers: NDArray[np.bool_]
+    rms_inliers: float
+
+
+def lts_fit(
+    src: NDArray, dst: NDArray, transform: str, inlier_fraction: float = 0.5, iterations: int = 20
+) -> LtsFit:
+    """Least-trimmed-squares fit of ``dst ~ T src`` (the concentration steps of FAST-LTS).
+
+    Starting from all points, refit on the ``h = ceil(inlier_fraction * N)`` points with the
+    smallest residuals until that set no longer changes. With fewer than ``N - h`` gross
+    outliers the fit is that of the inliers alone (as long as the first all-point fit
+    already ranks most inliers first, which holds for moderate outlier fractions).
+    """
+    fit = fit_rigid if transform == "rigid" else fit_affine
+    n = len(src)
+    minimum = 3 if transform == "rigid" else 4
+    if n < minimum:
+        raise ValueError(f"{transform} fit needs at least {minimum} matches, got {n}")
+    h = max(minimum, math.ceil(inlier_fraction * n))
+    keep = np.ones(n, dtype=bool)
+    matrix = fit(src, dst)
+    for _ in range(iterations):
+        residual = np.linalg.norm(apply_affine(matrix, src) - dst, axis=1)
+        new = np.zeros(n, dtype=bool)
+        new[np.argsort(residual, kind="stable")[:h]] = True
+        if np.array_equal(new, keep):
+            break
+        keep = new
+        matrix = fit(src[keep], dst[keep])
+    residual = np.linalg.norm(apply_affine(matrix, src[keep]) - dst[keep], axis=1)
+    return LtsFit(matrix, keep, float(np.sqrt((residual**2).mean())))
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+def affine_field(vox2vox: NDArray, shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """Displacement ``(1, 3, I, J, K)`` of ``x -> vox2vox @ x`` on a grid: ``u(x) = A x + t - x``."""
+    return affine_after_field(vox2vox, torch.zeros((1, 3, *shape), device=device))
+
+
+def affine_after_field(vox2vox: NDArray, disp: torch.Tensor) -> torch.Tensor:
+    """Field of "``disp`` first, then the affine": ``x + u(x) = A (x + disp(x))``.
+
+    ``u(x) = (A_lin - I) x + t + A_lin disp(x)``, exact (no interpolation). ``disp`` is
+    ``(1, 3, I, J, K)`` in voxels of the grid ``vox2vox`` maps (voxel -> voxel).
+    """
+    shape = tuple(disp.shape[-3:])
+    a = torch.as_tensor(vox2vox, dtype=torch.float32, device=disp.device)
+    x = identity_voxels(shape, disp.device)[0].reshape(3, -1)  # (3, P), (i, j, k) rows
+    moved = a[:3, :3] @ (x + disp[0].reshape(3, -1).float()) + a[:3, 3:4]
+    return (moved - x).reshape(1, 3, *shape)
+
+
+def _subvoxel(cost: torch.Tensor, best: torch.Tensor, disp_hw: int) -> torch.Tensor:
+    """Offsets ``(P, 3)`` of the best cost plus a parabola step along each axis (in cells)."""
+    size = 2 * disp_hw + 1
+    grid = cost.reshape(size, size, size, -1)  # offsets (di, dj, dk) as in displacement_offsets
+    idx = torch.stack(torch.unravel_index(best, (size, size, size)), 1)  # (P, 3)
+    points = torch.arange(grid.shape[-1], device=cost.device)
+    step = torch.zeros(idx.shape, dtype=torch.float32, device=cost.device)
+    for axis in range(3):
+        lo, hi = idx.clone(), idx.clone()
+        lo[:, axis] -= 1
+        hi[:, axis] += 1
+        inside = (lo[:, axis] >= 0) & (hi[:, axis] < size)
+        lo, hi = lo.clamp(0, size - 1), hi.clamp(0, size - 1)
+        c0 = grid[idx[:, 0], idx[:, 1], idx[:, 2], points]
+        cm = grid[lo[:, 0], lo[:, 1], lo[:, 2], points]
+        cp = grid[hi[:, 0], hi[:, 1], hi[:, 2], points]
+        curvature = cm - 2 * c0 + cp
+        ok = inside & (curvature > 1e-9)
+        step[:, axis] = torch.where(ok, 0.5 * (cm - cp) / curvature.clamp_min(1e-9), 0.0).clamp(-0.5, 0.5)
+    return idx.float() - disp_hw + step
+
+
+def match_blocks(
+    fixed: torch.Tensor,
+    moving_warped: torch.Tensor,
+    mask: torch.Tensor,
+    level: BlockLevel,
+    settings: BlockMatchSettings,
+) -> tuple[NDArray, NDArray]:
+    """Block matches on the working grid: ``(p, p + d)`` in working voxels, each ``(N, 3)``.
+
+    ``fixed`` and ``moving_warped`` are MIND features ``(1, C, I, J, K)``, ``mask`` the sector
+    ``(1, 1, I, J, K)``. ``p`` is a selected cell's centre, ``d`` its best offset. Cells are
+    selected inside the sector, keeping the ``block_fraction`` with the largest feature
+    variance (texture); cells whose best offset is on the search border are dropped.
+    """
+    sp, hw = level.grid_sp, level.disp_hw
+    fixed_c, weight = pool(fixed, mask, sp)
+    moving_c, _ = pool(moving_warped, None, sp)
+    cost = cost_volume(fixed_c, moving_c, hw, weight)  # (n_d, Ic, Jc, Kc)
+    flat = cost.reshape(cost.shape[0], -1)
+    best = flat.argmin(0)
+    # Texture: the variance of the fixed features over each block's 3^3 cells.
+    texture = (
+        torch.nn.functional.avg_pool3d(fixed_c**2, 3, 1, 1)
+        - torch.nn.functional.avg_pool3d(fixed_c, 3, 1, 1) ** 2
+    )
+    texture = texture.sum(1).flatten()
+    inside = weight.flatten() >= settings.min_sector_fraction
+    offsets = displacement_offsets(hw, cost.device)[best]  # (P, 3) integer cells
+    on_border = (offsets.abs() >= hw).any(1)
+    candidates = torch.nonzero(inside & ~on_border).flatten()
+    if len(candidates) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    keep = max(1, round(settings.block_fraction * int(inside.sum())))
+    chosen = candidates[torch.argsort(texture[candidates], descending=True)[:keep]]
+    d = _subvoxel(flat[:, chosen], best[chosen], hw)  # (N, 3) cells
+    cells = torch.stack(torch.unravel_index(chosen, tuple(weight.shape[-3:])), 1).float()
+    centres = cells * sp + (sp - 1) / 2.0  # cell c covers working voxels c*sp .. c*sp+sp-1
+    return centres.cpu().numpy().astype(np.float64), (centres + d * sp).cpu().numpy().astype(np.float64)
+
+
+@dataclass
+class BlockMatchResult:
+    fixed2moving_world: NDArray[np.float64]  # moving_world = fixed2moving_world @ fixed_world
+    matches: int  # matches of the last fit
+    inlier_rms_mm: float  # RMS residual of the LTS inliers of the last fit
+
+
+def block_match(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    mask: torch.Tensor,
+    working_vox2world: NDArray,
+    transform: str = "rigid",
+    settings: BlockMatchSettings = BlockMatchSettings(),
+) -> BlockMatchResult:
+    """Rigid or affine (``transform``) ``fixed2moving_world`` from MIND features on one working grid.
+
+    An affine run starts from the rigid result (all levels rigid, then all levels affine).
+
+    ``fixed``/``moving``: features ``(1, C, I, J, K)`` (the moving image already on the fixed
+    grid); ``mask``: the US sector ``(1, 1, I, J, K)``; ``working_vox2world``: the grid's voxel
+    to world matrix. The transform in working voxels is
+    ``T_vox = inv(W) @ fixed2moving_world @ W`` (``W = working_vox2world``).
+    """
+    w = np.asarray(working_vox2world, dtype=np.float64)
+    w_inv = np.linalg.inv(w)
+    shape = tuple(fixed.shape[-3:])
+    f2m_world = np.eye(4)
+    result = BlockMatchResult(f2m_world, 0, float("nan"))
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    stages = ["rigid"] if transform == "rigid" else ["rigid", "affine"]
+    moving = moving.float()
+    for kind in stages:
+        for level in settings.levels:
+            for _ in range(level.iterations):
+                vox2vox = w_inv @ f2m_world @ w
+                warped = warp(moving, affine_field(vox2vox, shape, moving.device))
+                p, q = match_blocks(fixed, warped, mask, level, settings)
+                minimum = 3 if kind == "rigid" else 4
+                if len(p) < max(minimum, 8):
+                    log.warning(
+                        "Block matching: only %d matches at grid_sp %d; stopping", len(p), level.grid_sp
+                    )
+                    return result
+                # p (fixed) <-> T(q) (moving): the warped features at q are the moving ones at T q.
+                src, dst = apply_affine(w, p), apply_affine(w @ vox2vox, q)  # world mm
+                fit = lts_fit(src, dst, kind, settings.inlier_fraction, settings.lts_iterations)
+                f2m_world = fit.matrix
+                result = BlockMatchResult(f2m_world, len(p), fit.rms_inliers)
+                log.debug(
+                    "Block matching %s grid_sp %d: %d matches, inlier RMS %.2f mm",
+                    kind,
+                    level.grid_sp,
+                    len(p),
+                    fit.rms_inliers,
+                )
+    return result
