@@ -34,6 +34,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE, InputError, Remind2RegError
@@ -62,7 +63,7 @@ class _MethodChoices:
     def __contains__(self, name: object) -> bool:
         return name in self._names()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._names())
 
 
