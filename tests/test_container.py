@@ -141,6 +141,23 @@ def test_contract_empty_input_and_bad_environment(tmp_path):
     assert bad.returncode == 2 and "REMIND2REG_DEVICE='gpu' is not one of auto, cpu, cuda" in bad.stderr
 
 
+def test_contract_a_corrupt_case_gets_the_identity_field_and_the_batch_succeeds(flat_input, tmp_path):
+    """The image's defaults (on error: identity, failures allowed): a complete submission."""
+    broken = flat_input / "ReMIND2Reg_0002_0001.nii.gz"  # the MR: the US grid still gives the shape
+    flat_input.chmod(0o755)
+    data = broken.read_bytes()
+    broken.unlink()
+    broken.write_bytes(data[:200])  # truncated gzip
+    flat_input.chmod(0o555)
+    out = tmp_path / "output"
+    result = run_entrypoint(flat_input, out)
+    assert result.returncode == 0, result.stderr
+    assert "case 0002" in result.stderr and str(broken) in result.stderr
+    assert (out / "disp_0002_0000_0002_0001.nii.gz").is_file()
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["pairs"]["disp_0002_0000_0002_0001.nii.gz"]["fallback"] == "identity"
+
+
 def test_pack_writes_a_zip_of_every_checked_field(flat_input, tmp_path):
     pred = tmp_path / "pred"
     vox2world = oblique_vox2world(spacing=(0.5, 0.5, 0.5))
