@@ -178,6 +178,54 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_synth)
 
 
+def _add_train_refiner(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-refiner",
+        help="train the learned refinement network on synthetic pairs (SynthMorph recipe, resumable)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt and log.csv")
+    p.add_argument(
+        "--steps", type=int, default=2000, help="total optimiser steps (a resumed run goes on to this)"
+    )
+    p.add_argument("--size", type=int, default=64, help="voxels per side of the synthetic pairs")
+    p.add_argument("--batch", type=int, default=1, help="pairs per step")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="compute device (bf16 autocast on CUDA)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training data")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop this session after a checkpoint")
+    p.add_argument(
+        "--export", type=Path, default=None, help="write the final weights here (e.g. weights/refiner_v1.pt)"
+    )
+    p.set_defaults(func=_run_train_refiner)
+
+
+def _run_train_refiner(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.train import TrainConfig, train
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = _resolve_device(args.device)
+    summary = train(
+        args.out,
+        TrainConfig(size=args.size, batch=args.batch, steps=args.steps, seed=args.seed),
+        resume=args.resume,
+        device=device,
+        max_minutes=args.max_minutes,
+        export=args.export,
+    )
+    log.info(
+        "Step %d, %.1f min: validation Dice %.4f (identity %.4f)",
+        summary["step"],
+        summary["elapsed_s"] / 60,
+        summary["val_dice"],
+        summary["val_dice_identity"],
+    )
+    return EXIT_OK
+
+
 def _resolve_device(requested: str) -> str:
     if requested == "cpu":
         return "cpu"
@@ -268,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_pack(sub)
     _add_synth(sub)
+    _add_train_refiner(sub)
     return parser
 
 
