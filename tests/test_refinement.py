@@ -148,8 +148,8 @@ def test_refine_composition_is_fold_free_and_in_the_documented_order():
     g = torch.Generator().manual_seed(5)
     disp = random_deformation(1, (32,) * 3, g, max_std=3.0)
     net = tiny_net(1, head_std=3.0)
-    new, info = refine(us, mr, mask, disp, RefineSettings(enabled=True), model=net)
-    assert new.shape == disp.shape and info["refined"]
+    new, info = refine(us, mr, mask, disp, RefineSettings(enabled=True, max_mean_residual=100.0), model=net)
+    assert new.shape == disp.shape and info["refined"] and not info["rejected"]
     assert info["residual_max_vox"] > 0.3
     det = jacobian_determinant(new[0].permute(1, 2, 3, 0).numpy())
     assert det.min() > 0 and info["min_jacobian"] > 0
@@ -182,6 +182,16 @@ def test_refine_composes_residual_first():
     expected_j = 0.1 * (identity_voxels(shape)[:, 0].clamp(max=shape[0] - 2) + 1)
     torch.testing.assert_close(new[:, 1], expected_j, atol=1e-5, rtol=0)
     torch.testing.assert_close(new[:, 0], torch.ones((1, *shape)))
+
+
+def test_refine_rejects_a_large_residual():
+    shape = (12, 10, 8)
+    disp = torch.zeros((1, 3, *shape))
+    img = torch.rand((1, 1, *shape))
+    out, info = refine(
+        img, img, None, disp, RefineSettings(enabled=True, max_mean_residual=0.5), model=ShiftNet(TINY)
+    )
+    assert out is disp and info["rejected"] and not info["refined"]
 
 
 def test_refine_disabled_returns_the_input_field():

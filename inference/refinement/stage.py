@@ -68,6 +68,9 @@ class RefineSettings:
     ncc_radius: int = 3  # local NCC window half-size
     mind_radius: int = 1
     mind_dilation: int = 2
+    # A residual whose mean length inside the sector exceeds this (working voxels) is rejected:
+    # the input field is returned (a refinement is a small correction, not a new registration).
+    max_mean_residual: float = 4.0
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -219,7 +222,8 @@ def refine(
     ``us``/``mr`` are working-grid images ``(1, 1, D, H, W)`` (raw intensities: they are
     normalised here), ``mask`` the US sector ``(1, 1, D, H, W)`` (None: everywhere). Returns
     ``(disp_new, info)`` with ``disp_new(x) = r(x) + disp(x + r(x))`` and ``info`` holding the
-    residual's mean and max length (voxels), the minimum Jacobian determinant of ``disp_new``,
+    residual's mean and max length (voxels), whether it was rejected (mean length in the sector
+    above ``settings.max_mean_residual``: ``disp`` is then returned), the minimum Jacobian determinant of ``disp_new``,
     the TTO losses and the seconds taken. With ``settings.enabled`` False it returns ``disp``
     unchanged. ``model`` overrides the weights named by ``settings`` (tests, benchmarks).
 
@@ -247,8 +251,20 @@ def refine(
     with torch.no_grad():
         disp_new = compose(r, disp.float())
         length = r.norm(dim=1)
+        inside = length[mask[:, 0] > 0]
+        mean_inside = float(inside.mean()) if inside.numel() else float(length.mean())
+        rejected = mean_inside > settings.max_mean_residual
+        if rejected:
+            log.warning(
+                "Refinement rejected: mean residual %.1f voxels in the sector > %.1f; keeping the input field",
+                mean_inside,
+                settings.max_mean_residual,
+            )
+            disp_new = disp
         info = {
-            "refined": True,
+            "refined": not rejected,
+            "rejected": rejected,
+            "residual_mean_in_mask_vox": mean_inside,
             "residual_mean_vox": float(length.mean()),
             "residual_max_vox": float(length.max()),
             "min_jacobian": float(jacobian_det(disp_new).min()) if min(disp_new.shape[-3:]) > 2 else 1.0,
