@@ -32,6 +32,7 @@ from typing import Any, get_args, get_type_hints
 from inference.affine.blockmatch import TRANSFORMS, BlockMatchSettings
 from inference.deformable.instance import AdamSettings
 from inference.errors import InputError
+from inference.refinement.stage import RefineSettings
 
 FUSIONS = ("none", "joint", "mean", "max")
 AFFINE_METHODS = ("none", "blockmatch", "niftyreg")
@@ -93,6 +94,7 @@ class RegistrationConfig:
     guard: bool = True  # keep the input alignment when the result does not raise the NMI
     deformable: bool = True  # False: the affine stage alone (e.g. --method blockmatch-rigid)
     affine: AffineStageSettings = field(default_factory=AffineStageSettings)
+    refine: RefineSettings = field(default_factory=RefineSettings)  # learned refinement (off by default)
     mind: MindSettings = field(default_factory=MindSettings)
     convex: ConvexSettings = field(default_factory=ConvexSettings)
     adam: AdamSettings = field(default_factory=AdamSettings)

@@ -101,3 +101,32 @@ def test_affine_stage_then_deformable_composes_to_the_known_transform(deformable
     assert "fixed2moving_world_0001" in result.notes and "fallback_0001" not in result.notes
     error_mm = np.linalg.norm((result.fields["0001"] - expected)[inner] * 0.5, axis=-1)
     assert initial > 3.0 and error_mm.mean() < 0.5, (initial, error_mm.mean())
+
+
+def test_refinement_stage_runs_inside_the_method_and_stays_fold_free(tmp_path):
+    """``[refine] enabled`` with a (random, small) network: the stage runs after Adam, its
+    info is recorded, and the written field is finite and fold-free (SVF residual, composed)."""
+    import torch
+
+    from evaluation.metrics import jacobian_determinant
+    from inference.refinement.model import NetConfig, RefinerNet, save_weights
+    from inference.refinement.stage import RefineSettings
+
+    torch.manual_seed(0)
+    weights = save_weights(RefinerNet(NetConfig(encoder=(4, 8, 8), decoder=(8,), final=4)), tmp_path / "w.pt")
+    rng = np.random.default_rng(2)
+    shape = (48, 40, 44)
+    moving = ndimage.gaussian_filter(rng.normal(size=shape), 2.0).astype(np.float32) + 5.0
+    fixed = np.roll(moving, 2, axis=0)
+    vox2world = oblique_vox2world(spacing=(1.0, 1.0, 1.0))
+    config = RegistrationConfig(
+        crop_margin_mm=0.0,
+        guard=False,
+        adam=AdamSettings(iterations=5, feature_pool=1),
+        refine=RefineSettings(enabled=True, weights=str(weights), max_mean_residual=100.0),
+    )
+    result = ConvexAdamMethod(config)(Image(fixed, vox2world), {"0001": Image(moving, vox2world)})
+    assert result.notes["refine_0001"]["refined"] is True and "refine" in result.stages
+    field = result.fields["0001"]
+    assert np.isfinite(field).all()
+    assert jacobian_determinant(field).min() > 0

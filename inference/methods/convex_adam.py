@@ -140,6 +140,11 @@ class WorkingImages:
     us_features: torch.Tensor
     mr_features: dict[str, torch.Tensor]
     vox2vox: dict[str, NDArray[np.float64]] = field(default_factory=dict)  # affine stage, working voxels
+    aligned: dict[str, torch.Tensor] = field(default_factory=dict)  # MR pre-warped by the affine stage
+
+    def mr_aligned(self, mod: str) -> torch.Tensor:
+        """The MR image the deformable stage registers: pre-warped by the affine, if any."""
+        return self.aligned.get(mod, self.mr[mod])
 
 
 class ConvexAdamMethod:
@@ -243,6 +248,7 @@ class ConvexAdamMethod:
         for mod, matrix in fixed2moving_world.items():
             vox2vox = w_inv @ matrix @ working_vox2world
             warped = warp(images.mr[mod], affine_field(vox2vox, shape, images.us.device))
+            images.aligned[mod] = warped
             images.mr_features[mod] = mind_ssc(warped, cfg.radius, cfg.dilation, None, self.feature_dtype)
             images.vox2vox[mod] = vox2vox
 
@@ -265,6 +271,20 @@ class ConvexAdamMethod:
             fused = stacked.mean(0) if fusion == "mean" else stacked.max(0).values
             working = dict.fromkeys(working, fused)
         return working
+
+    def refine(self, images: WorkingImages, working: dict, notes: dict) -> dict[str, torch.Tensor]:
+        """Learned refinement of each working field (a shared field: on the first sequence,
+        ceT1 when present, and shared again)."""
+        from inference.refinement.stage import refine
+
+        out: dict[int, torch.Tensor] = {}
+        for mod, disp in working.items():
+            if id(disp) not in out:
+                out[id(disp)], info = refine(
+                    images.us, images.mr_aligned(mod), images.mask, disp, self.config.refine
+                )
+                notes[f"refine_{mod}"] = {k: v for k, v in info.items() if k != "tto_losses"}
+        return {mod: out[id(disp)] for mod, disp in working.items()}
 
     # -- a case ----------------------------------------------------------------------------
 
@@ -296,6 +316,10 @@ class ConvexAdamMethod:
             stages["affine"] = time.perf_counter() - t
 
         working = self.deformable(images, stages)
+        if self.config.refine.enabled:
+            t = time.perf_counter()
+            working = self.refine(images, working, notes)
+            stages["refine"] = time.perf_counter() - t
 
         t = time.perf_counter()
         if self.config.guard:
