@@ -49,7 +49,7 @@ class TrainConfig:
     size: int = 64  # voxels per side of the synthetic volumes
     batch: int = 1
     steps: int = 2000  # total optimiser steps (a resumed run continues up to this)
-    lr: float = 2e-4
+    lr: float = 5e-4
     lam: float = 1.0  # weight of the gradient penalty
     n_labels: int = 16
     label_scale: tuple[float, float] = (4.0, 16.0)  # smoothness of the label noise (voxels)
