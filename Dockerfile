@@ -18,6 +18,7 @@ COPY remind2reg/ remind2reg/
 COPY inference/ inference/
 COPY evaluation/ evaluation/
 COPY synthesis/ synthesis/
+COPY training/ training/
 # CMAKE_POLICY_VERSION_MINIMUM: the sdist asks for CMake 3.2, which CMake >= 4 refuses without it.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && CMAKE_POLICY_VERSION_MINIMUM=3.5 pip wheel --no-deps --wheel-dir /wheels "niftyreg==${NIFTYREG_VERSION}"
