@@ -159,6 +159,10 @@ class ConvexAdamMethod:
 
     # -- stages ----------------------------------------------------------------------------
 
+    def sector(self, fixed: Image) -> NDArray[np.bool_]:
+        """The voxels of the US field of view that the costs and the guard use."""
+        return sector_mask(fixed.array)
+
     def features(
         self, fixed: Image, moving: dict[str, Image], grid: WorkingGrid, mask: NDArray
     ) -> WorkingImages:
@@ -291,7 +295,7 @@ class ConvexAdamMethod:
     def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult:
         stages: dict[str, float] = {}
         t = time.perf_counter()
-        mask = sector_mask(fixed.array)
+        mask = self.sector(fixed)
         if mask.sum() < 1000:
             raise InputError("the ultrasound has (almost) no non-zero sector", path=fixed.path)
         spacing = float(np.mean(fixed.spacing))
