@@ -165,3 +165,25 @@ def test_inverse_consistency_makes_round_trips_closer_to_identity():
 def jacobian_determinant(disp: torch.Tensor) -> np.ndarray:
     """det J of a torch field (1, 3, I, J, K) with the evaluator's official stencil."""
     return official_jacobian(disp[0].permute(1, 2, 3, 0).numpy())
+
+
+def test_affine_after_field_matches_the_numpy_composition():
+    """The torch composition (guard, working grid) and the numpy one (written field) agree:
+    ``x + u(x) = A (x + d(x))`` for a general voxel affine and a varying field."""
+    from inference.deformable.fields import affine_after_field, affine_field
+    from inference.geometry import affine_displacement, compose_affine_displacement
+    from tests.conftest import oblique_vox2world
+
+    shape = (9, 7, 8)
+    vox2world = oblique_vox2world()
+    rng = np.random.default_rng(4)
+    f2m = np.eye(4)
+    f2m[:3, :3] += rng.normal(0, 0.05, (3, 3))
+    f2m[:3, 3] = rng.normal(0, 3, 3)
+    vox2vox = np.linalg.inv(vox2world) @ f2m @ vox2world
+    d = rng.normal(0, 1, (*shape, 3)).astype(np.float32)  # (I, J, K, 3) channels last
+    expected = compose_affine_displacement(d, f2m, vox2world)
+    got = affine_after_field(vox2vox, torch.from_numpy(d).permute(3, 0, 1, 2)[None])  # -> (1, 3, I, J, K)
+    np.testing.assert_allclose(got[0].permute(1, 2, 3, 0).numpy(), expected, atol=1e-3)
+    zero = affine_field(vox2vox, shape)[0].permute(1, 2, 3, 0).numpy()
+    np.testing.assert_allclose(zero, affine_displacement(f2m, vox2world, shape), atol=1e-3)

@@ -27,15 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from inference.deformable.convex import cost_volume, displacement_offsets, pool
-from inference.deformable.fields import identity_voxels, warp
+from inference.deformable.fields import affine_field, warp
 from inference.geometry import apply_affine
 
 log = logging.getLogger(__name__)
 
 TRANSFORMS = ("rigid", "affine")
+MIN_MATCHES = 8  # fewer matches than this end the search (a rigid fit needs 3, an affine 4)
 
 
 @dataclass(frozen=True)
@@ -132,24 +134,6 @@ def lts_fit(
 # ----------------------------------------------------------------------------- matching
 
 
-def affine_field(vox2vox: NDArray, shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-    """Displacement ``(1, 3, I, J, K)`` of ``x -> vox2vox @ x`` on a grid: ``u(x) = A x + t - x``."""
-    return affine_after_field(vox2vox, torch.zeros((1, 3, *shape), device=device))
-
-
-def affine_after_field(vox2vox: NDArray, disp: torch.Tensor) -> torch.Tensor:
-    """Field of "``disp`` first, then the affine": ``x + u(x) = A (x + disp(x))``.
-
-    ``u(x) = (A_lin - I) x + t + A_lin disp(x)``, exact (no interpolation). ``disp`` is
-    ``(1, 3, I, J, K)`` in voxels of the grid ``vox2vox`` maps (voxel -> voxel).
-    """
-    shape = tuple(disp.shape[-3:])
-    a = torch.as_tensor(vox2vox, dtype=torch.float32, device=disp.device)
-    x = identity_voxels(shape, disp.device)[0].reshape(3, -1)  # (3, P), (i, j, k) rows
-    moved = a[:3, :3] @ (x + disp[0].reshape(3, -1).float()) + a[:3, 3:4]
-    return (moved - x).reshape(1, 3, *shape)
-
-
 def _subvoxel(cost: torch.Tensor, best: torch.Tensor, disp_hw: int) -> torch.Tensor:
     """Offsets ``(P, 3)`` of the best cost plus a parabola step along each axis (in cells)."""
     size = 2 * disp_hw + 1
@@ -157,13 +141,13 @@ def _subvoxel(cost: torch.Tensor, best: torch.Tensor, disp_hw: int) -> torch.Ten
     idx = torch.stack(torch.unravel_index(best, (size, size, size)), 1)  # (P, 3)
     points = torch.arange(grid.shape[-1], device=cost.device)
     step = torch.zeros(idx.shape, dtype=torch.float32, device=cost.device)
+    c0 = grid[idx[:, 0], idx[:, 1], idx[:, 2], points]
     for axis in range(3):
         lo, hi = idx.clone(), idx.clone()
         lo[:, axis] -= 1
         hi[:, axis] += 1
         inside = (lo[:, axis] >= 0) & (hi[:, axis] < size)
         lo, hi = lo.clamp(0, size - 1), hi.clamp(0, size - 1)
-        c0 = grid[idx[:, 0], idx[:, 1], idx[:, 2], points]
         cm = grid[lo[:, 0], lo[:, 1], lo[:, 2], points]
         cp = grid[hi[:, 0], hi[:, 1], hi[:, 2], points]
         curvature = cm - 2 * c0 + cp
@@ -172,42 +156,49 @@ def _subvoxel(cost: torch.Tensor, best: torch.Tensor, disp_hw: int) -> torch.Ten
     return idx.float() - disp_hw + step
 
 
+@dataclass
+class FixedBlocks:
+    """The fixed side of one level, computed once: pooled features, sector fraction, texture."""
+
+    features: torch.Tensor  # (1, C, Ic, Jc, Kc) masked means over grid_sp^3 cells
+    weight: torch.Tensor  # (1, 1, Ic, Jc, Kc) fraction of each cell inside the sector
+    texture: torch.Tensor  # (Ic * Jc * Kc,) feature variance over each cell's 3^3 neighbours
+
+    @classmethod
+    def pool(cls, fixed: torch.Tensor, mask: torch.Tensor, grid_sp: int) -> FixedBlocks:
+        features, weight = pool(fixed, mask, grid_sp)
+        variance = F.avg_pool3d(features**2, 3, 1, 1) - F.avg_pool3d(features, 3, 1, 1) ** 2
+        return cls(features, weight, variance.sum(1).flatten())
+
+
 def match_blocks(
-    fixed: torch.Tensor,
+    fixed: FixedBlocks,
     moving_warped: torch.Tensor,
-    mask: torch.Tensor,
     level: BlockLevel,
     settings: BlockMatchSettings,
 ) -> tuple[NDArray, NDArray]:
     """Block matches on the working grid: ``(p, p + d)`` in working voxels, each ``(N, 3)``.
 
-    ``fixed`` and ``moving_warped`` are MIND features ``(1, C, I, J, K)``, ``mask`` the sector
-    ``(1, 1, I, J, K)``. ``p`` is a selected cell's centre, ``d`` its best offset. Cells are
-    selected inside the sector, keeping the ``block_fraction`` with the largest feature
-    variance (texture); cells whose best offset is on the search border are dropped.
+    ``moving_warped`` are MIND features ``(1, C, I, J, K)`` on the working grid. ``p`` is a
+    selected cell's centre, ``d`` its best offset. Cells are selected inside the sector,
+    keeping the ``block_fraction`` with the largest feature variance (texture); cells whose
+    best offset is on the search border are dropped.
     """
     sp, hw = level.grid_sp, level.disp_hw
-    fixed_c, weight = pool(fixed, mask, sp)
     moving_c, _ = pool(moving_warped, None, sp)
-    cost = cost_volume(fixed_c, moving_c, hw, weight)  # (n_d, Ic, Jc, Kc)
+    cost = cost_volume(fixed.features, moving_c, hw, fixed.weight)  # (n_d, Ic, Jc, Kc)
     flat = cost.reshape(cost.shape[0], -1)
     best = flat.argmin(0)
-    # Texture: the variance of the fixed features over each block's 3^3 cells.
-    texture = (
-        torch.nn.functional.avg_pool3d(fixed_c**2, 3, 1, 1)
-        - torch.nn.functional.avg_pool3d(fixed_c, 3, 1, 1) ** 2
-    )
-    texture = texture.sum(1).flatten()
-    inside = weight.flatten() >= settings.min_sector_fraction
+    inside = fixed.weight.flatten() >= settings.min_sector_fraction
     offsets = displacement_offsets(hw, cost.device)[best]  # (P, 3) integer cells
     on_border = (offsets.abs() >= hw).any(1)
     candidates = torch.nonzero(inside & ~on_border).flatten()
     if len(candidates) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3))
     keep = max(1, round(settings.block_fraction * int(inside.sum())))
-    chosen = candidates[torch.argsort(texture[candidates], descending=True)[:keep]]
+    chosen = candidates[torch.argsort(fixed.texture[candidates], descending=True)[:keep]]
     d = _subvoxel(flat[:, chosen], best[chosen], hw)  # (N, 3) cells
-    cells = torch.stack(torch.unravel_index(chosen, tuple(weight.shape[-3:])), 1).float()
+    cells = torch.stack(torch.unravel_index(chosen, tuple(fixed.weight.shape[-3:])), 1).float()
     centres = cells * sp + (sp - 1) / 2.0  # cell c covers working voxels c*sp .. c*sp+sp-1
     return centres.cpu().numpy().astype(np.float64), (centres + d * sp).cpu().numpy().astype(np.float64)
 
@@ -236,23 +227,23 @@ def block_match(
     to world matrix. The transform in working voxels is
     ``T_vox = inv(W) @ fixed2moving_world @ W`` (``W = working_vox2world``).
     """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     w = np.asarray(working_vox2world, dtype=np.float64)
     w_inv = np.linalg.inv(w)
     shape = tuple(fixed.shape[-3:])
     f2m_world = np.eye(4)
     result = BlockMatchResult(f2m_world, 0, float("nan"))
-    if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     stages = ["rigid"] if transform == "rigid" else ["rigid", "affine"]
     moving = moving.float()
+    fixed_blocks = {sp: FixedBlocks.pool(fixed, mask, sp) for sp in {lv.grid_sp for lv in settings.levels}}
     for kind in stages:
         for level in settings.levels:
             for _ in range(level.iterations):
                 vox2vox = w_inv @ f2m_world @ w
                 warped = warp(moving, affine_field(vox2vox, shape, moving.device))
-                p, q = match_blocks(fixed, warped, mask, level, settings)
-                minimum = 3 if kind == "rigid" else 4
-                if len(p) < max(minimum, 8):
+                p, q = match_blocks(fixed_blocks[level.grid_sp], warped, level, settings)
+                if len(p) < MIN_MATCHES:
                     log.warning(
                         "Block matching: only %d matches at grid_sp %d; stopping", len(p), level.grid_sp
                     )

@@ -142,3 +142,23 @@ def upsample_cells(coarse: torch.Tensor, grid_sp: int, shape: tuple[int, int, in
 def pool_cells(fine: torch.Tensor, grid_sp: int) -> torch.Tensor:
     """Average a fine field onto ``avg_pool3d(grid_sp)`` cells, vectors in coarse voxels."""
     return F.avg_pool3d(fine, grid_sp, stride=grid_sp, ceil_mode=True) / grid_sp
+
+
+def affine_after_field(vox2vox, disp: torch.Tensor) -> torch.Tensor:
+    """Field of "``disp`` first, then the affine": ``x + u(x) = A (x + disp(x))``.
+
+    ``vox2vox`` (4x4, array-like) maps voxels of ``disp``'s grid to voxels of the same grid
+    (e.g. ``inv(W) @ fixed2moving_world @ W``). ``u(x) = (A_lin - I) x + t + A_lin disp(x)``
+    is evaluated exactly (no interpolation). The torch twin of
+    :func:`inference.geometry.compose_affine_displacement`, for ``(1, 3, I, J, K)`` fields.
+    """
+    shape = tuple(disp.shape[-3:])
+    a = torch.as_tensor(vox2vox, dtype=torch.float32, device=disp.device)
+    x = identity_voxels(shape, disp.device)[0].reshape(3, -1)  # (3, P), rows (i, j, k)
+    moved = a[:3, :3] @ (x + disp[0].reshape(3, -1).float()) + a[:3, 3:4]
+    return (moved - x).reshape(1, 3, *shape)
+
+
+def affine_field(vox2vox, shape: tuple[int, int, int], device=None) -> torch.Tensor:
+    """Displacement ``(1, 3, I, J, K)`` of ``x -> vox2vox @ x``: ``u(x) = A x + t - x``."""
+    return affine_after_field(vox2vox, torch.zeros((1, 3, *shape), device=device))

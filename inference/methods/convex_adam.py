@@ -30,10 +30,18 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from inference.affine.blockmatch import affine_after_field, affine_field, block_match
+from inference.affine.blockmatch import block_match
 from inference.config import RegistrationConfig
 from inference.deformable.convex import cost_volume, coupled_convex, inverse_consistent, pool
-from inference.deformable.fields import compose, identity_voxels, sample, upsample_cells, warp
+from inference.deformable.fields import (
+    affine_after_field,
+    affine_field,
+    compose,
+    identity_voxels,
+    sample,
+    upsample_cells,
+    warp,
+)
 from inference.deformable.guard import check_against_identity
 from inference.deformable.instance import instance_optimise
 from inference.errors import InputError
