@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from evaluation.metrics import sample_displacement  # noqa: E402
 from inference.config import RegistrationConfig  # noqa: E402
 from inference.geometry import voxel_spacing  # noqa: E402
 from inference.io.dataset import find_pairs, landmark_path  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
         landmarks = read_landmarks_csv(landmark_path(group[0].fixed))
         spacing = voxel_spacing(fixed.vox2world)
         for mod, field in result.fields.items():
-            u = np.stack([ndimage.map_coordinates(field[..., c], landmarks.T, order=1) for c in range(3)], 1)
+            u = sample_displacement(field, landmarks, order=1)  # (N, 3) fixed voxels
             drift = float(np.linalg.norm(u * spacing, axis=1).mean())
             verdict = "rejected (zero field kept)" if result.notes.get(f"fallback_{mod}") else "accepted"
             print(f"{case}  {mod}  {drift:26.2f}  {verdict}", flush=True)
