@@ -150,6 +150,12 @@ class WorkingImages:
     vox2vox: dict[str, NDArray[np.float64]] = field(default_factory=dict)  # affine stage, working voxels
     aligned: dict[str, torch.Tensor] = field(default_factory=dict)  # MR pre-warped by the affine stage
 
+    def joint_features(self, mods: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(US, MR)`` features for one cost over several sequences: the MR features of
+        ``mods`` concatenated along channels, the US features repeated to match."""
+        moving = torch.cat([self.mr_features[m] for m in mods], 1)
+        return self.us_features.repeat(1, len(mods), 1, 1, 1), moving
+
     def mr_aligned(self, mod: str) -> torch.Tensor:
         """The MR image the deformable stage registers: pre-warped by the affine, if any."""
         return self.aligned.get(mod, self.mr[mod])
@@ -237,10 +243,9 @@ class ConvexAdamMethod:
         out: dict[str, NDArray[np.float64]] = {}
         for mods in groups:
             if cfg.method == "blockmatch":
-                feats = torch.cat([images.mr_features[m] for m in mods], 1)
-                us = images.us_features.repeat(1, len(mods), 1, 1, 1)
+                us, mr = images.joint_features(mods)
                 result = block_match(
-                    us, feats, images.mask, grid.vox2world(fixed.vox2world), cfg.transform, cfg.blockmatch
+                    us, mr, images.mask, grid.vox2world(fixed.vox2world), cfg.transform, cfg.blockmatch
                 )
                 matrix = result.fixed2moving_world
             else:  # niftyreg: reg_aladin on the first sequence of the group
@@ -273,9 +278,7 @@ class ConvexAdamMethod:
             return dict.fromkeys(moving_feat, zero)
         if fusion == "joint":
             mods = list(moving_feat)
-            joint_moving = torch.cat([moving_feat[m] for m in mods], 1)
-            joint_fixed = fixed_feat.repeat(1, len(mods), 1, 1, 1)
-            disp = self.register_features(joint_fixed, joint_moving, mask_w, stages)
+            disp = self.register_features(*images.joint_features(mods), mask_w, stages)
             return dict.fromkeys(mods, disp)
         working = {m: self.register_features(fixed_feat, f, mask_w, stages) for m, f in moving_feat.items()}
         if fusion in ("mean", "max"):
