@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from evaluation.metrics import (
     folding_percent,
@@ -116,17 +117,30 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def read_runtimes(pred_dir: Path) -> dict[str, float]:
-    """Seconds per output file from ``timings.json`` written by ``remind2reg register``."""
+def read_timing_entries(pred_dir: Path) -> dict[str, dict]:
+    """The per-output entries (``"pairs"``) of the ``timings.json`` written by ``remind2reg register``;
+    empty when the file is absent or unreadable."""
     path = pred_dir / TIMINGS_FILE
     if not path.is_file():
         return {}
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        return {name: float(entry["total_s"]) for name, entry in meta.get("pairs", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("Ignoring unreadable %s (%s)", path, exc)
+        pairs = json.loads(path.read_text(encoding="utf-8")).get("pairs", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("Ignoring the unreadable %s (%s)", path, exc)
         return {}
+    return {name: e for name, e in pairs.items() if isinstance(e, dict)} if isinstance(pairs, dict) else {}
+
+
+def read_runtimes(pred_dir: Path) -> dict[str, float]:
+    """Seconds per output file from ``timings.json``; entries without a number (e.g. the
+    ``{"resumed": true}`` of a pair kept by ``--resume``) have none."""
+    runtimes = {}
+    for name, entry in read_timing_entries(pred_dir).items():
+        try:
+            runtimes[name] = float(entry["total_s"])
+        except (KeyError, TypeError, ValueError):
+            log.debug("%s: no runtime in %s", name, TIMINGS_FILE)
+    return runtimes
 
 
 def _check_inside(points: np.ndarray, shape: tuple[int, ...], path: Path, case: str) -> None:
@@ -139,25 +153,16 @@ def _check_inside(points: np.ndarray, shape: tuple[int, ...], path: Path, case: 
         )
 
 
-def evaluate_pair(
-    pair: RegistrationPair,
-    pred_dir: Path,
-    data_root: Path,
-    runtime_s: float | None = None,
-    disp: np.ndarray | None = None,
-) -> PairResult:
-    """All metrics of one pair; raises :class:`InputError` on missing or invalid files.
-
-    ``disp``: the pair's field, already read with :func:`read_displacement` (else it is read).
-    """
+def read_pair_landmarks(
+    pair: RegistrationPair, data_root: Path
+) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """The fixed and moving landmarks of ``pair`` (``(N, 3)`` voxel indices of each image), or
+    None when either file is missing; raises :class:`InputError` when they do not match or lie
+    outside their image grid."""
     case = pair.case
     fix_path, mov_path = landmark_path(pair.fixed, data_root), landmark_path(pair.moving, data_root)
     if fix_path is None or mov_path is None:
-        raise InputError(
-            "landmark file not found (expected landmarksTr/<image>.csv)",
-            path=pair.moving,
-            case=case,
-        )
+        return None
     fix_lms = read_landmarks_csv(fix_path, case)
     mov_lms = read_landmarks_csv(mov_path, case)
     if fix_lms.shape != mov_lms.shape:
@@ -168,9 +173,36 @@ def evaluate_pair(
     moving_shape, _ = read_header(pair.moving, case)
     _check_inside(fix_lms, fixed_shape, fix_path, case)
     _check_inside(mov_lms, moving_shape, mov_path, case)
-    spacing_mov = header_spacing(pair.moving)
+    return fix_lms, mov_lms
 
+
+def evaluate_pair(
+    pair: RegistrationPair,
+    pred_dir: Path,
+    data_root: Path,
+    runtime_s: float | None = None,
+    disp: NDArray | None = None,
+    landmarks: tuple[NDArray, NDArray] | None = None,
+) -> PairResult:
+    """All metrics of one pair; raises :class:`InputError` on missing or invalid files.
+
+    ``disp``: the pair's field (fixed-grid voxels, fixed -> moving), already read with
+    :func:`read_displacement` (else it is read); ``landmarks``: the pair's landmarks, already
+    read with :func:`read_pair_landmarks` (else they are read).
+    """
+    case = pair.case
+    if landmarks is None:
+        landmarks = read_pair_landmarks(pair, data_root)
+    if landmarks is None:
+        raise InputError(
+            "landmark file not found (expected landmarksTr/<image>.csv)",
+            path=pair.moving,
+            case=case,
+        )
+    fix_lms, mov_lms = landmarks
+    spacing_mov = header_spacing(pair.moving)
     if disp is None:
+        fixed_shape, _ = read_header(pair.fixed, case)
         disp = read_displacement(pred_dir / pair.output_name, expected_shape=fixed_shape)
     tre = target_registration_error(fix_lms, mov_lms, disp, spacing_mov)
     tre0 = np.linalg.norm((fix_lms - mov_lms) * spacing_mov, axis=1)

@@ -39,15 +39,21 @@ from numpy.typing import NDArray
 from PIL import Image as PILImage
 from scipy import ndimage
 
-from evaluation.evaluate import EvaluationReport, PairResult, evaluate_pair, read_runtimes
+from evaluation.evaluate import (
+    EvaluationReport,
+    PairResult,
+    evaluate_pair,
+    read_pair_landmarks,
+    read_runtimes,
+    read_timing_entries,
+)
 from evaluation.metrics import jacobian_determinant, sample_displacement
 from evaluation.pmm import PatchMIMap, patchwise_nmi
 from inference.errors import InputError
 from inference.io.atomic import atomic_path, write_text_atomic
-from inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs, landmark_path
-from inference.io.displacement import TIMINGS_FILE, read_displacement
-from inference.io.landmarks import read_landmarks_csv
-from inference.io.nifti import Image
+from inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs
+from inference.io.displacement import read_displacement
+from inference.io.nifti import Image, header_spacing
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +130,14 @@ def plane_points(axis: int, index: int, crop: Crop) -> NDArray[np.float64]:
     return pts
 
 
+def plane_slice(volume: NDArray, axis: int, index: int, crop: Crop) -> NDArray:
+    """The crop's part of the plane ``x[axis] = index`` of ``volume``: the voxels at
+    :func:`plane_points`, read directly (rows: the first remaining array axis, columns: the second)."""
+    other = [a for a in range(3) if a != axis]
+    plane = np.take(volume, index, axis=axis)
+    return plane[crop.lo[other[0]] : crop.hi[other[0]], crop.lo[other[1]] : crop.hi[other[1]]]
+
+
 def sample(volume: NDArray, points: NDArray, order: int = 1) -> NDArray[np.float32]:
     """``volume`` at voxel ``points (..., 3)`` (zero outside)."""
     flat = points.reshape(-1, 3).T
@@ -197,15 +211,17 @@ def pmm_before_after(fixed: Image, moving: Image, disp: NDArray, mask: NDArray, 
     lo = tuple(v // factor for v in crop.lo)
     hi = tuple(min(-(-v // factor), n // factor) for v, n in zip(crop.hi, fixed.shape, strict=True))
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    us = block_mean(fixed.array, factor)[box]
-    sector = block_mean(mask, factor)[box] > 0.5
-    mr_coarse = block_mean(moving.array, factor)
+    full_box = tuple(slice(a * factor, b * factor) for a, b in zip(lo, hi, strict=True))
+    us = block_mean(fixed.array[full_box], factor)  # = block_mean(fixed.array, factor)[box]
+    sector = block_mean(mask[full_box], factor) > 0.5
+    mr_coarse = block_mean(moving.array, factor)  # whole: the warp may reach outside the crop
     centres = np.stack(
         np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
     )
     centres = centres * factor + (factor - 1) / 2.0  # full-voxel coordinates of the coarse centres
+    # u: fixed -> moving, in full fixed voxels; full voxel y is coarse voxel (y - (factor - 1) / 2) / factor.
     u = sample_displacement(disp, centres.reshape(-1, 3), order=1).reshape(centres.shape)
-    warped = sample((mr_coarse), (centres + u - (factor - 1) / 2.0) / factor)
+    warped = sample(mr_coarse, (centres + u - (factor - 1) / 2.0) / factor)  # moving(x + u(x)), coarse
     before = patchwise_nmi(us, mr_coarse[box], sector, PMM_PATCH, PMM_STRIDE)
     after = patchwise_nmi(us, warped, sector, PMM_PATCH, PMM_STRIDE)
     return PMMs(before, after, factor, lo)  # type: ignore[arg-type]
@@ -217,6 +233,9 @@ def pmm_plane(pmm: PatchMIMap, pmms: PMMs, axis: int, index: int) -> tuple[NDArr
     values = np.take(pmm.map, w, axis=axis)
     other = [a for a in range(3) if a != axis]
     f = pmms.factor
+    # Coarse voxel w spans full voxels f * w .. f * w + f - 1, i.e. edges f * w - 0.5 .. f * (w + 1) - 0.5.
+    # imshow extent is (left, right, bottom, top) = (first col edge, last col edge, last row edge,
+    # first row edge): row 0 at the top, as in the other panels (see draw_pair).
     r0, c0 = pmms.lo[other[0]] * f - 0.5, pmms.lo[other[1]] * f - 0.5
     extent = [c0, c0 + values.shape[1] * f, r0 + values.shape[0] * f, r0]
     return values, extent
@@ -236,15 +255,12 @@ class Landmarks:
     error_after: NDArray
 
 
-def read_pair_landmarks(
-    pair: RegistrationPair, data_root: Path, disp: NDArray, moving_spacing: NDArray
-) -> Landmarks | None:
-    fix_path, mov_path = landmark_path(pair.fixed, data_root), landmark_path(pair.moving, data_root)
-    if fix_path is None or mov_path is None:
-        return None
-    fix, mov = read_landmarks_csv(fix_path, pair.case), read_landmarks_csv(mov_path, pair.case)
+def display_landmarks(fix: NDArray, mov: NDArray, disp: NDArray, moving_spacing: NDArray) -> Landmarks:
+    """The residuals and errors to draw, from landmarks read by
+    :func:`evaluation.evaluate.read_pair_landmarks`; ``moving_spacing``: the moving header's
+    ``pixdim``, as the evaluator uses (so the errors equal its per-landmark TRE)."""
     before = mov - fix
-    after = mov - (fix + sample_displacement(disp, fix))
+    after = mov - (fix + sample_displacement(disp, fix))  # u: fixed -> moving, cubic as official
     return Landmarks(
         fix,
         before,
@@ -261,6 +277,8 @@ def _draw_landmarks(ax, lms: Landmarks, after: bool, axis: int, index: int, spac
     residual = lms.residual_after if after else lms.residual_before
     norm = Normalize(0.0, TRE_RANGE_MM)
     for p, r, e in zip(lms.fixed[near], residual[near], errors[near], strict=True):
+        # The panel's rows are array axis other[0], its columns other[1]; matplotlib points are (x, y),
+        # i.e. (column, row), in the data coordinates set by the panel extent (voxel indices).
         row, col = p[other[0]], p[other[1]]
         ax.annotate(
             "",
@@ -306,17 +324,20 @@ def draw_pair(
         index = crop.centre[axis]
         other = [a for a in range(3) if a != axis]
         pts = plane_points(axis, index, crop)
+        # Rows of every panel are array axis other[0] (top to bottom, increasing: imshow's default
+        # origin="upper"), columns other[1]; no transpose or flip. The extent (left, right, bottom,
+        # top) puts the voxel centres at their indices, so landmarks are drawn in voxel coordinates.
         extent = [
             crop.lo[other[1]] - 0.5,
             crop.hi[other[1]] - 0.5,
             crop.hi[other[0]] - 0.5,
             crop.lo[other[0]] - 0.5,
         ]
-        us = normalise(sample(fixed.array, pts), us_ref)
-        in_sector = ndimage.binary_dilation(sample(mask, pts, order=0) > 0, iterations=2)
-        mr_raw = sample(moving.array, pts)
-        u = sample_displacement(disp, pts.reshape(-1, 3), order=1).reshape(pts.shape)
-        warped_raw = sample(moving.array, pts + u)
+        us = normalise(plane_slice(fixed.array, axis, index, crop), us_ref)
+        in_sector = ndimage.binary_dilation(plane_slice(mask, axis, index, crop), iterations=2)
+        mr_raw = plane_slice(moving.array, axis, index, crop)
+        u = sample_displacement(disp, pts.reshape(-1, 3), order=1).reshape(pts.shape)  # fixed -> moving
+        warped_raw = sample(moving.array, pts + u)  # "after": moving(x + u(x))
         mr, warped = normalise(mr_raw), normalise(warped_raw, mr_raw)
         panels = [checkerboard(us, mr, tile), checkerboard(us, warped, tile)]
         for col, image in enumerate(panels):
@@ -394,9 +415,11 @@ def report_pair(
     disp = read_displacement(pred_dir / pair.output_name, expected_shape=fixed.shape)
     mask = sector_mask(fixed.array)
     crop = sector_crop(mask, fixed.spacing)
-    landmarks = read_pair_landmarks(pair, data_root, disp, moving.spacing)
-    if landmarks is not None:
-        qc.metrics = evaluate_pair(pair, pred_dir, data_root, runtime, disp=disp)
+    landmarks = None
+    raw = read_pair_landmarks(pair, data_root)  # read and checked once, for the metrics and the figure
+    if raw is not None:
+        qc.metrics = evaluate_pair(pair, pred_dir, data_root, runtime, disp=disp, landmarks=raw)
+        landmarks = display_landmarks(*raw, disp, header_spacing(pair.moving))
     pmms = pmm_before_after(fixed, moving, disp, mask, crop)
     qc.pmm_before, qc.pmm_after = pmms.before.mean, pmms.after.mean
     fig = draw_pair(fixed, moving, disp, mask, crop, pmms, landmarks, _title(qc))
@@ -405,15 +428,9 @@ def report_pair(
 
 def read_fallbacks(pred_dir: Path) -> dict[str, str]:
     """``{output name: fallback}`` from ``timings.json`` (e.g. the identity field of a failed case)."""
-    path = pred_dir / TIMINGS_FILE
-    try:
-        pairs = json.loads(path.read_text(encoding="utf-8")).get("pairs", {}) if path.is_file() else {}
-        return {
-            name: str(e["fallback"]) for name, e in pairs.items() if isinstance(e, dict) and e.get("fallback")
-        }
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning("Ignoring the unreadable %s (%s)", path, exc)
-        return {}
+    return {
+        name: str(e["fallback"]) for name, e in read_timing_entries(pred_dir).items() if e.get("fallback")
+    }
 
 
 def build_report(

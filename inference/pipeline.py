@@ -325,12 +325,13 @@ def write_timings(
     """``timings.json``: run metadata and one entry per output (``kept``: entries of resumed pairs)."""
     pairs = dict(kept or {})
     pairs.update({r.output: r.to_json() for r in records})
+    gpu_mb = peak_gpu_memory_mb()
     meta = {
         "method": method,
         "device": device,
         "host": platform.node(),
         "peak_memory_mb": peak_memory_mb(),
-        **({"peak_gpu_memory_mb": peak_gpu_memory_mb()} if peak_gpu_memory_mb() is not None else {}),
+        **({"peak_gpu_memory_mb": gpu_mb} if gpu_mb is not None else {}),
         **(extra or {}),
         "pairs": pairs,
     }

@@ -127,13 +127,23 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_register)
 
 
+def _add_fields_arguments(
+    p: argparse.ArgumentParser, source: str, source_help: str, out_help: str | None = None
+) -> None:
+    """The arguments of the commands that read predicted fields: ``--<source>`` (the images the
+    fields were made from), ``--pred``, ``--out`` (when ``out_help`` is given) and ``--modalities``."""
+    p.add_argument(f"--{source}", required=True, type=Path, help=source_help)
+    p.add_argument("--pred", required=True, type=Path, help="folder with disp_*.nii.gz")
+    if out_help is not None:
+        p.add_argument("--out", required=True, type=Path, help=out_help)
+    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score predicted fields on landmarks, as the challenge does")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder with images and landmarks")
-    p.add_argument("--pred", required=True, type=Path, help="folder with disp_*.nii.gz")
+    _add_fields_arguments(p, "data", "dataset folder with images and landmarks")
     p.add_argument("--json", type=Path, help="write metrics JSON (official layout + extras)")
     p.add_argument("--csv", type=Path, help="write one CSV row per pair")
-    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -141,10 +151,12 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="visual QC: overlays before/after, landmarks, det J and patch-wise MI per pair"
     )
-    p.add_argument("--data", required=True, type=Path, help="dataset folder (images, landmarks if any)")
-    p.add_argument("--pred", required=True, type=Path, help="folder with disp_*.nii.gz")
-    p.add_argument("--out", required=True, type=Path, help="folder for index.html and one PNG per pair")
-    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
+    _add_fields_arguments(
+        p,
+        "data",
+        "dataset folder (images, landmarks if any)",
+        "folder for index.html and one PNG per pair",
+    )
     p.set_defaults(func=_run_report)
 
 
@@ -152,10 +164,7 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pack", help="check the predicted fields against the input and zip a leaderboard submission"
     )
-    p.add_argument("--input", required=True, type=Path, help="the input folder the fields were made from")
-    p.add_argument("--pred", required=True, type=Path, help="folder with disp_*.nii.gz")
-    p.add_argument("--out", required=True, type=Path, help="zip archive to write")
-    p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES), help="moving sequences")
+    _add_fields_arguments(p, "input", "the input folder the fields were made from", "zip archive to write")
     p.set_defaults(func=_run_pack)
 
 

@@ -157,12 +157,13 @@ def check_declared_shape(pairs: list[RegistrationPair], meta: dict, json_path: P
     if not isinstance(declared, list) or len(declared) != 3:
         return
     for fixed in sorted({p.fixed for p in pairs}):
-        shape, _ = read_header(fixed, ImageName.parse(fixed).case)
+        case = ImageName.parse(fixed).case
+        shape, _ = read_header(fixed, case)
         if tuple(shape[:3]) != tuple(declared):
             raise InputError(
                 f"shape {tuple(shape)} disagrees with tensorImageShape {declared} in {json_path.name}",
                 path=fixed,
-                case=ImageName.parse(fixed).case,
+                case=case,
             )
 
 

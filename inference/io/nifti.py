@@ -138,7 +138,7 @@ def read_header(path: str | Path, case: str | None = None) -> tuple[tuple[int, .
 
 def header_spacing(path: str | Path) -> NDArray[np.float64]:
     """Voxel size from the header's ``pixdim`` (``get_zooms()[:3]``), as the challenge reads it."""
-    return np.asarray(nib.load(str(path)).header.get_zooms()[:3], dtype=np.float64)
+    return np.asarray(_load(Path(path), None).header.get_zooms()[:3], dtype=np.float64)
 
 
 def write_image(path: str | Path, array: NDArray, vox2world: NDArray, dtype: type = np.float32) -> Path:
