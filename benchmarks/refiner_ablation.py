@@ -67,29 +67,34 @@ def run_case(method: ConvexAdamMethod, case_pairs: list, data: Path, tto_steps: 
     disp = method.deformable(images, {})[mods[0]]  # joint fusion: one field shared by the sequences
     base_s = time.perf_counter() - t0
     ref_mod = "0001" if "0001" in images.mr else mods[0]
+    # Landmarks (voxels of each image) and the initial TRE do not depend on the variant.
+    landmarks = []
+    for pair in case_pairs:
+        fix_lms = read_landmarks_csv(landmark_path(pair.fixed, data), pair.case)
+        mov_lms = read_landmarks_csv(landmark_path(pair.moving, data), pair.case)
+        spacing = moving[pair.moving_name.modality].spacing
+        tre_initial = float(np.linalg.norm((fix_lms - mov_lms) * spacing, axis=1).mean())
+        landmarks.append((pair, fix_lms, mov_lms, spacing, tre_initial))
     rows = []
     for name, settings in variants(tto_steps).items():
         t = time.perf_counter()
         info: dict = {}
         field = disp
         if settings is not None:
-            field, info = refine(images.us, images.mr[ref_mod], images.mask, disp, settings)
+            field, info = refine(images.us, images.mr_aligned(ref_mod), images.mask, disp, settings)
         extra_s = time.perf_counter() - t
         notes: dict = {}
         working, _ = method.guard(images, dict.fromkeys(mods, field), {}, notes, case=case_pairs[0].case)
-        full = embed(working[mods[0]], grid)
-        for pair in case_pairs:
-            fix_lms = read_landmarks_csv(landmark_path(pair.fixed, data), pair.case)
-            mov_lms = read_landmarks_csv(landmark_path(pair.moving, data), pair.case)
-            spacing = moving[pair.moving_name.modality].spacing
+        full = embed(working[mods[0]], grid)  # (I, J, K, 3), full fixed-grid voxels, US -> MR
+        jac = jacobian_determinant(full)  # one field for every pair of the case
+        for pair, fix_lms, mov_lms, spacing, tre_initial in landmarks:
             tre = target_registration_error(fix_lms, mov_lms, full, spacing)
-            jac = jacobian_determinant(full)
             rows.append(
                 {
                     "variant": name,
                     "case": pair.case,
                     "modality": pair.moving_name.modality,
-                    "tre_initial": float(np.linalg.norm((fix_lms - mov_lms) * spacing, axis=1).mean()),
+                    "tre_initial": tre_initial,
                     "tre": float(tre.mean()),
                     "sdlogj": sdlogj(jac),
                     "folding_percent": folding_percent(jac),

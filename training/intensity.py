@@ -29,6 +29,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from inference.deformable.fields import identity_voxels
+from inference.features.mind import separable_filter
+from training.deform import upsampled_noise
 from training.labels import one_hot
 
 
@@ -60,35 +63,40 @@ class USRecipe:
     compression: tuple[float, float] = (0.4, 0.8)
 
 
-def _u(generator: torch.Generator, lo_hi: tuple[float, float]) -> float:
+def _uniform(generator: torch.Generator, lo_hi: tuple[float, float], n: int) -> torch.Tensor:
+    """``(n,)`` draws of ``U(lo, hi)``."""
     lo, hi = lo_hi
-    return float(lo + (hi - lo) * torch.rand(1, generator=generator))
+    return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+
+def _u(generator: torch.Generator, lo_hi: tuple[float, float]) -> float:
+    return float(_uniform(generator, lo_hi, 1))
 
 
 def gaussian_blur(x: torch.Tensor, sigmas: tuple[float, float, float]) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, D, H, W)`` with sd ``sigmas`` (voxels) per axis."""
-    n, c = x.shape[:2]
-    out = x.reshape(n * c, 1, *x.shape[-3:])
-    for axis, s in enumerate(sigmas):
+    """Separable Gaussian blur of ``(N, C, D, H, W)`` with sd ``sigmas`` (voxels) per axis.
+
+    A Gaussian kernel of radius ``ceil(3 sd)`` through
+    :func:`inference.features.mind.separable_filter` (replicate padding); an sd below 0.1
+    voxel leaves that axis alone.
+    """
+
+    def kernel(s: float) -> torch.Tensor | None:
         if s < 0.1:
-            continue
+            return None
         r = max(1, math.ceil(3 * s))
         t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
         k = torch.exp(-0.5 * (t / s) ** 2)
-        k = (k / k.sum()).view(1, 1, -1)
-        moved = out.movedim(2 + axis, -1)
-        shp = moved.shape
-        flat = F.pad(moved.reshape(-1, 1, shp[-1]), (r, r), mode="replicate")
-        out = F.conv1d(flat, k).reshape(shp).movedim(-1, 2 + axis)
-    return out.reshape(x.shape)
+        return k / k.sum()
+
+    return separable_filter(x, tuple(kernel(s) for s in sigmas))
 
 
 def bias_field(
     shape: tuple[int, int, int], generator: torch.Generator, std: float, nodes: int
 ) -> torch.Tensor:
     """``exp(b)`` ``(1, 1, *shape)``: ``b`` white noise of sd ``std`` on ``nodes^3``, upsampled."""
-    b = torch.randn((1, 1, nodes, nodes, nodes), generator=generator) * std
-    return torch.exp(F.interpolate(b, size=shape, mode="trilinear", align_corners=True))
+    return torch.exp(upsampled_noise((nodes, nodes, nodes), shape, generator, std=std))
 
 
 def mr_image(labels: torch.Tensor, generator: torch.Generator, recipe: MRRecipe = MRRecipe()) -> torch.Tensor:
@@ -98,8 +106,8 @@ def mr_image(labels: torch.Tensor, generator: torch.Generator, recipe: MRRecipe 
     out = []
     for b in range(labels.shape[0]):
         lab = labels[b]
-        means = torch.rand(n_labels, generator=generator) * (recipe.mean[1] - recipe.mean[0]) + recipe.mean[0]
-        stds = torch.rand(n_labels, generator=generator) * (recipe.std[1] - recipe.std[0]) + recipe.std[0]
+        means = _uniform(generator, recipe.mean, n_labels)
+        stds = _uniform(generator, recipe.std, n_labels)
         img = means[lab] + stds[lab] * torch.randn(shape, generator=generator)
         img = img[None, None]
         s = _u(generator, recipe.blur)
@@ -141,10 +149,7 @@ def sector(
     centre = torch.tensor([(n - 1) / 2 for n in shape])
     entry = centre - d * (shape[axis] / 2)
     apex = entry - d * _u(generator, recipe.apex_distance)
-    coords = torch.stack(
-        torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"), 0
-    )
-    v = coords - apex.view(3, 1, 1, 1)
+    v = identity_voxels(shape)[0] - apex.view(3, 1, 1, 1)  # (3, D, H, W), voxels along i, j, k
     r = v.norm(dim=0)
     cos = (v * d.view(3, 1, 1, 1)).sum(0) / r.clamp_min(1e-6)
     half = math.radians(_u(generator, recipe.half_opening_deg))
@@ -185,9 +190,9 @@ def us_image(
     images, masks = [], []
     for b in range(labels.shape[0]):
         lab = labels[b]
-        echo = torch.rand(n_labels, generator=generator) * (recipe.echo[1] - recipe.echo[0]) + recipe.echo[0]
+        echo = _uniform(generator, recipe.echo, n_labels)
         dark = torch.rand(n_labels, generator=generator) < recipe.anechoic_p
-        echo = torch.where(dark, torch.rand(n_labels, generator=generator) * recipe.anechoic[1], echo)
+        echo = torch.where(dark, _uniform(generator, recipe.anechoic, n_labels), echo)
         amp = echo[lab][None, None]
         chosen = torch.nonzero(torch.rand(n_labels, generator=generator) < recipe.boundary_p).flatten()
         if chosen.numel():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from inference.deformable.fields import warp
-from training.deform import random_deformation
+from training.deform import random_deformation, upsampled_noise
 
 
 def smooth_noise(
@@ -27,8 +27,7 @@ def smooth_noise(
     for _ in range(batch):
         scale = float(scale_range[0] + torch.rand(1, generator=generator) * (scale_range[1] - scale_range[0]))
         coarse = tuple(max(2, round(n / scale) + 1) for n in shape)
-        noise = torch.randn((1, channels, *coarse), generator=generator)
-        out.append(F.interpolate(noise, size=shape, mode="trilinear", align_corners=True))
+        out.append(upsampled_noise(coarse, shape, generator, channels))  # type: ignore[arg-type]
     return torch.cat(out, 0)
 
 
@@ -49,6 +48,7 @@ def random_label_maps(
     half = tuple(max(2, n // 2) for n in shape)
     noise = smooth_noise(batch, n_labels, half, generator, (scale_range[0] / 2, scale_range[1] / 2))
     if warp_std > 0:
+        # A field of the half grid, in half-grid voxels: hence warp_std / 2.
         disp = random_deformation(batch, half, generator, max_std=warp_std / 2, coarse_range=(3, 6))
         noise = warp(noise, disp)
     return F.interpolate(noise, size=shape, mode="trilinear", align_corners=True).argmax(1)

@@ -96,13 +96,12 @@ def make_pair(
             img, m = us_image(lab_f[b : b + 1], generator, USRecipe())
         else:
             img, m = mr_image(lab_f[b : b + 1], generator, MRRecipe()), torch.ones_like(moving[:1])
-        fixed.append(normalise(img, m))
+        fixed.append(img)
         mask.append(m)
-    fixed, mask = torch.cat(fixed, 0), torch.cat(mask, 0)
-    moving = torch.cat([normalise(moving[b : b + 1]) for b in range(batch)], 0)
-    return {
-        "fixed": fixed,
-        "moving": moving,
+    mask = torch.cat(mask, 0)
+    return {  # normalise() scales each sample on its own
+        "fixed": normalise(torch.cat(fixed, 0), mask),
+        "moving": normalise(moving),
         "fixed_labels": one_hot(lab_f, cfg.n_labels),
         "moving_labels": one_hot(lab_m, cfg.n_labels),
         "mask": mask,
@@ -149,11 +148,8 @@ def validate(
     model.eval()
     after, before = [], []
     for pair in pairs:
-        p = {k: v.to(device) for k, v in pair.items()}
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            disp = model(p["fixed"], p["moving"]).float()
-        after.append(float(soft_dice(warp(p["moving_labels"], disp), p["fixed_labels"], p["mask"]).mean()))
-        before.append(float(soft_dice(p["moving_labels"], p["fixed_labels"], p["mask"]).mean()))
+        after.append(float(pair_loss(model, pair, 0.0, device)[1]))
+        before.append(float(soft_dice(pair["moving_labels"], pair["fixed_labels"], pair["mask"]).mean()))
     model.train()
     return sum(after) / len(after), sum(before) / len(before)
 
@@ -243,6 +239,7 @@ def train(
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train-refiner", dynamic_ncols=True)
     stopped_early = False
+    validated_at = -1  # the step of the last validation (the final one reuses it)
     while step < cfg.steps:
         t0 = time.perf_counter()
         pair = make_pair(cfg.batch, shape, generator, cfg)
@@ -266,21 +263,22 @@ def train(
         }
         if step % cfg.val_every == 0 or step == cfg.steps:
             after, before = validate(model, val, dev)
+            validated_at = step
             row["val_dice"], row["val_dice_identity"] = f"{after:.5f}", f"{before:.5f}"
             log.info("step %d: validation Dice %.4f (identity %.4f)", step, after, before)
         rows.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", dice=f"{dice:.3f}")
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0:
             checkpoint()
         if max_minutes is not None and time.perf_counter() - session_start > 60 * max_minutes:
-            checkpoint()
             stopped_early = step < cfg.steps
             log.info("Stopping after %.1f min at step %d (resume with --resume)", max_minutes, step)
             break
     bar.close()
-    checkpoint()
-    after, before = validate(model, val, dev)
+    checkpoint()  # every exit: the last step, an early stop, or nothing left to do
+    if validated_at != step:
+        after, before = validate(model, val, dev)
     summary = {
         "step": step,
         "elapsed_s": elapsed,

@@ -50,16 +50,25 @@ def box_filter(volume: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over a (2r+1)^3 box, separably along i, j, k, with edge replication."""
     if radius <= 0:
         return volume
-    n, c = volume.shape[:2]
     size = 2 * radius + 1
+    kernel = torch.full((size,), 1.0 / size, dtype=volume.dtype, device=volume.device)
+    return separable_filter(volume, (kernel, kernel, kernel))
+
+
+def separable_filter(volume: torch.Tensor, kernels: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    """Filter ``(N, C, I, J, K)`` along i, j, k with one odd-length 1-D kernel per axis
+    (None: that axis is left alone), edge-replicated, each channel on its own."""
+    n, c = volume.shape[:2]
     out = volume.reshape(n * c, 1, *volume.shape[-3:])
-    kernel = torch.full((1, 1, size), 1.0 / size, dtype=volume.dtype, device=volume.device)
-    for axis in range(3):
+    for axis, kernel in enumerate(kernels):
+        if kernel is None:
+            continue
+        radius = kernel.numel() // 2
         # Move the filtered axis last, filter with conv1d, move it back.
         moved = out.movedim(2 + axis, -1)
         shape = moved.shape
         flat = F.pad(moved.reshape(-1, 1, shape[-1]), (radius, radius), mode="replicate")
-        out = F.conv1d(flat, kernel).reshape(shape).movedim(-1, 2 + axis)
+        out = F.conv1d(flat, kernel.view(1, 1, -1)).reshape(shape).movedim(-1, 2 + axis)
     return out.reshape(volume.shape)
 
 

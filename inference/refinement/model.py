@@ -6,9 +6,13 @@ Conventions (the same as :mod:`inference.deformable.fields` and the rest of the 
 * a displacement field ``u`` is ``(N, 3, D, H, W)`` in voxels of that grid along the array
   axes, mapping FIXED to MOVING: ``warped(x) = moving(x + u(x))``;
 * the network input is ``cat([fixed, moving], 1)``, each normalised by :func:`normalise`;
-* the network outputs a velocity ``v`` at HALF resolution (voxels of the half grid); the
-  displacement is ``exp(v)`` by scaling and squaring at half resolution, then resized to the
-  full grid with :func:`inference.deformable.fields.resize_field` (vectors rescaled).
+* the network outputs a velocity ``v`` at HALF resolution (``(N, 3, D/2, H/2, W/2)`` of the
+  padded input, in voxels of the half grid, same axis order, fixed -> moving); the
+  displacement is ``exp(v)`` by scaling and squaring at half resolution (:func:`integrate`),
+  then resized to the full grid with :func:`inference.deformable.fields.resize_field`, which
+  aligns the corner voxels and multiplies the vectors once by ``(n - 1) / (n / 2 - 1)`` per
+  axis (about 2): that ratio is what "a half-grid voxel" means here, in training and at
+  inference alike. Nothing else rescales the vectors.
 
 The U-Net has no normalisation layers and LeakyReLU(0.2) activations, as in SynthMorph
 (Hoffmann et al., IEEE TMI 2022). Inputs of any size are padded (replicate) to a multiple of
@@ -144,7 +148,12 @@ class RefinerNet(nn.Module):
 
 
 def integrate(velocity: torch.Tensor, shape: tuple[int, int, int], steps: int) -> torch.Tensor:
-    """``exp(velocity)`` by scaling and squaring on the velocity's grid, resized to ``shape``."""
+    """``exp(velocity)`` by scaling and squaring on the velocity's grid, resized to ``shape``.
+
+    ``velocity`` ``(N, 3, ...)`` is in voxels of its own grid; the result is in voxels of
+    ``shape`` (vectors rescaled once, by :func:`~inference.deformable.fields.resize_field`).
+    Also used by :func:`training.deform.random_deformation`.
+    """
     return resize_field(scaling_and_squaring(velocity, steps), shape)
 
 

@@ -101,16 +101,17 @@ def divergence(disp: torch.Tensor) -> torch.Tensor:
 
 
 def jacobian_det(disp: torch.Tensor) -> torch.Tensor:
-    """``det(I + grad u)`` ``(N, D-2, H-2, W-2)`` by central differences (interior voxels)."""
-    n = disp.shape[0]
-    jac = torch.empty((n, 3, 3, *[s - 2 for s in disp.shape[-3:]]), dtype=disp.dtype, device=disp.device)
-    for c in range(3):
-        u = disp[:, c]
-        jac[:, c, 0] = (u[:, 2:, 1:-1, 1:-1] - u[:, :-2, 1:-1, 1:-1]) / 2
-        jac[:, c, 1] = (u[:, 1:-1, 2:, 1:-1] - u[:, 1:-1, :-2, 1:-1]) / 2
-        jac[:, c, 2] = (u[:, 1:-1, 1:-1, 2:] - u[:, 1:-1, 1:-1, :-2]) / 2
-        jac[:, c, c] += 1
-    return torch.linalg.det(jac.movedim(1, -1).movedim(1, -1))
+    """``det(I + grad u)`` ``(N, D-2, H-2, W-2)`` by central differences (interior voxels).
+
+    The torch twin of :func:`evaluation.metrics.jacobian_determinant` (same ``[-0.5, 0, 0.5]``
+    stencil; that one is numpy float64 on one ``(I, J, K, 3)`` field and crops 2 voxels per
+    side). Kept so that :func:`refine` checks its field on the device without a float64 host
+    copy of the whole field; only the reported minimum depends on it.
+    """
+    grads = torch.gradient(disp, dim=(2, 3, 4))  # grads[a][:, c] = d u_c / d x_a, central inside
+    jac = torch.stack(grads, 2)[..., 1:-1, 1:-1, 1:-1]  # (N, 3 components, 3 axes, ...)
+    jac = jac + torch.eye(3, dtype=disp.dtype, device=disp.device).view(1, 3, 3, 1, 1, 1)
+    return torch.linalg.det(jac.movedim((1, 2), (-2, -1)))
 
 
 def local_ncc(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = 1e-4) -> torch.Tensor:
@@ -237,8 +238,9 @@ def refine(
     if mask is None:
         mask = torch.ones_like(us)
     mask = (mask > 0).float()
+    disp32 = disp.float()
     with torch.no_grad():
-        mr_w = warp(mr.float(), disp.float())
+        mr_w = warp(mr.float(), disp32)
         fixed = normalise(us, mask)
         moving = normalise(mr_w)
     losses: list[float] = []
@@ -249,7 +251,7 @@ def refine(
         with torch.no_grad(), _autocast(device):
             r = net(fixed, moving).float()
     with torch.no_grad():
-        disp_new = compose(r, disp.float())
+        disp_new = compose(r, disp32)
         length = r.norm(dim=1)
         inside = length[mask[:, 0] > 0]
         mean_inside = float(inside.mean()) if inside.numel() else float(length.mean())
