@@ -198,6 +198,16 @@ def _add_train_refiner(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--size", type=int, default=64, help="voxels per side of the synthetic pairs")
     p.add_argument("--batch", type=int, default=1, help="pairs per step")
+    p.add_argument(  # the keys of training.train.NETS (not imported here: it imports torch)
+        "--net", default="small", choices=["small", "base"], help="architecture: small (CPU) or base (GPU)"
+    )
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: TrainConfig's)")
+    p.add_argument(
+        "--lam", type=float, default=None, help="weight of the gradient penalty (default: TrainConfig's)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes that make the synthetic pairs ahead (0: none)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
     p.add_argument("--device", default="auto", choices=DEVICES, help="compute device (bf16 autocast on CUDA)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training data")
@@ -212,15 +222,19 @@ def _add_train_refiner(sub: argparse._SubParsersAction) -> None:
 def _run_train_refiner(args: argparse.Namespace) -> int:
     import torch
 
-    from training.train import TrainConfig, train
+    from training.train import NETS, TrainConfig, train
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = _resolve_device(args.device)
+    optional = {k: v for k, v in (("lr", args.lr), ("lam", args.lam)) if v is not None}
     summary = train(
         args.out,
-        TrainConfig(size=args.size, batch=args.batch, steps=args.steps, seed=args.seed),
+        TrainConfig(
+            size=args.size, batch=args.batch, steps=args.steps, seed=args.seed, net=NETS[args.net], **optional
+        ),
         resume=args.resume,
+        workers=args.workers,
         device=device,
         max_minutes=args.max_minutes,
         export=args.export,

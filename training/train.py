@@ -5,16 +5,23 @@ random deformations of it (:mod:`training.deform`), an image of each (fixed: ult
 with probability ``p_us``, else MR-like; moving: MR-like; :mod:`training.intensity`), each
 normalised by :func:`inference.refinement.model.normalise`.
 
-Loss: ``1 - Dice(onehot_fixed, warp(onehot_moving, u)) + lam * grad(u)``, the soft Dice averaged
-over the labels present, inside the fixed sector (the whole volume for an MR-like fixed image);
+Loss: ``1 - Dice(G * onehot_fixed, warp(G * onehot_moving, u)) + lam * grad(u)``, the soft Dice
+averaged over the labels present, inside the fixed sector (the whole volume for an MR-like fixed
+image), of the one-hot label maps smoothed by a Gaussian ``G`` of sd ``label_sigma`` voxels;
 ``grad`` is :func:`inference.deformable.fields.diffusion_penalty` of the full-resolution field
-``u`` (voxels, fixed -> moving: ``warped(x) = moving(x + u(x))``).
+``u`` (voxels, fixed -> moving: ``warped(x) = moving(x + u(x))``). The smoothing matters: the
+Dice of hard one-hot maps has a gradient only within one voxel of a boundary, and with it the
+network never moved off the identity (8 fixed 32^3 pairs, same contrast on both sides, 300
+Adam steps: Dice 0.7650 vs 0.7651 for the identity; with ``label_sigma`` 1.5: 0.807 after 250).
+The reported Dice (``dice``, validation) is always the hard-label Dice.
 
-Runs are resumable: ``<out>/checkpoint.pt`` holds the model, the optimiser, the step, the
-cumulative wall time and every RNG state; ``<out>/log.csv`` one row per step (loss, Dice,
-seconds) and the validation Dice on fixed held-out pairs (``val_seed``) every ``val_every``
-steps. CUDA runs use bf16 autocast for the network; the field integration and the loss stay
-in float32.
+The pair of step ``s`` is drawn from its own generator seeded by ``(seed, s)``
+(:func:`pair_generator`), so pairs can be made ahead by ``workers`` processes and a resumed run
+sees exactly the pairs an uninterrupted one would. Runs are resumable: ``<out>/checkpoint.pt``
+holds the model, the optimiser, the step, the cumulative wall time and the torch RNG states;
+``<out>/log.csv`` one row per step (loss, Dice, seconds) and the validation Dice on fixed
+held-out pairs (``val_seed``) every ``val_every`` steps. CUDA runs use bf16 autocast for the
+network; the field integration and the loss stay in float32.
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from inference.deformable.fields import diffusion_penalty, warp
 from inference.refinement.model import NetConfig, RefinerNet, count_parameters, normalise, save_weights
 from training.deform import random_deformation
-from training.intensity import MRRecipe, USRecipe, mr_image, us_image
+from training.intensity import MRRecipe, USRecipe, gaussian_blur, mr_image, us_image
 from training.labels import one_hot, random_label_maps
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "log.csv"
 SMALL_CPU_NET = NetConfig((12, 24, 24, 24, 24), (24, 24, 24), 12)  # about 0.27 M parameters
+NETS = {"small": SMALL_CPU_NET, "base": NetConfig()}  # base: about 0.5 M parameters, for GPUs
 LOG_FIELDS = ("step", "loss", "dice", "grad", "seconds", "elapsed_s", "val_dice", "val_dice_identity")
 
 
@@ -49,8 +58,9 @@ class TrainConfig:
     size: int = 64  # voxels per side of the synthetic volumes
     batch: int = 1
     steps: int = 2000  # total optimiser steps (a resumed run continues up to this)
-    lr: float = 5e-4
-    lam: float = 1.0  # weight of the gradient penalty
+    lr: float = 1e-3
+    lam: float = 0.1  # weight of the gradient penalty
+    label_sigma: float = 1.5  # sd (voxels) of the Gaussian smoothing of the labels in the loss
     n_labels: int = 16
     label_scale: tuple[float, float] = (4.0, 16.0)  # smoothness of the label noise (voxels)
     label_warp_std: float = 6.0
@@ -109,6 +119,30 @@ def make_pair(
     }
 
 
+def pair_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of pair ``index`` of a run seeded ``seed`` (independent of the others)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
+
+
+class PairStream(Dataset):
+    """``stream[s]`` is the batch of training step ``s`` (0-based): :func:`make_pair` drawn from
+    :func:`pair_generator` ``(cfg.seed, s)``. Lets a :class:`DataLoader` make pairs ahead."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        return make_pair(cfg.batch, (cfg.size,) * 3, pair_generator(cfg.seed, step), cfg)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one pair per worker process; the workers are the parallelism
+
+
 def soft_dice(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean Dice over the labels present (in ``a`` or ``b`` inside ``mask``), per sample ``(B,)``."""
     dims = (2, 3, 4)
@@ -120,24 +154,35 @@ def soft_dice(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 
 def pair_loss(
-    model: RefinerNet, pair: dict[str, torch.Tensor], lam: float, device: torch.device
+    model: RefinerNet,
+    pair: dict[str, torch.Tensor],
+    lam: float,
+    device: torch.device,
+    label_sigma: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, mean Dice, gradient penalty) of a batch; bf16 autocast for the network on CUDA."""
-    p = {k: v.to(device) for k, v in pair.items()}
+    """(loss, hard-label Dice, gradient penalty) of a batch; bf16 autocast for the network on CUDA.
+
+    The loss uses the labels smoothed by a Gaussian of sd ``label_sigma`` voxels (none at 0);
+    the returned Dice is that of the hard one-hot labels (no gradient).
+    """
+    p = {k: v.to(device, non_blocking=True) for k, v in pair.items()}
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         disp = model(p["fixed"], p["moving"])
     disp = disp.float()
-    warped = warp(p["moving_labels"], disp)
-    dice = soft_dice(warped, p["fixed_labels"], p["mask"]).mean()
+    fixed, moving = p["fixed_labels"], p["moving_labels"]
+    hard = soft_dice(warp(moving, disp.detach()), fixed, p["mask"]).mean()
+    if label_sigma > 0:
+        sigmas = (label_sigma,) * 3
+        fixed, moving = gaussian_blur(fixed, sigmas), gaussian_blur(moving, sigmas)
+    dice = soft_dice(warp(moving, disp), fixed, p["mask"]).mean()
     grad = diffusion_penalty(disp)
-    return 1.0 - dice + lam * grad, dice, grad
+    return 1.0 - dice + lam * grad, hard, grad
 
 
 def validation_pairs(cfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
     """The fixed held-out pairs (seed ``cfg.val_seed``, never used for training)."""
-    g = torch.Generator().manual_seed(cfg.val_seed)
     shape = (cfg.size,) * 3
-    return [make_pair(1, shape, g, cfg) for _ in range(cfg.val_pairs)]
+    return [make_pair(1, shape, pair_generator(cfg.val_seed, i), cfg) for i in range(cfg.val_pairs)]
 
 
 @torch.no_grad()
@@ -179,6 +224,7 @@ def train(
     max_minutes: float | None = None,
     export: str | Path | None = None,
     progress: bool = True,
+    workers: int = 0,
 ) -> dict:
     """Train (or continue) a run in ``out``; returns a summary dict.
 
@@ -186,6 +232,8 @@ def train(
     stored :class:`TrainConfig` wins, except ``steps``, taken from ``cfg``). ``max_minutes``
     stops this session early (after a checkpoint) so that long trainings run in slices.
     ``export`` writes the final weights with :func:`inference.refinement.model.save_weights`.
+    ``workers`` processes make the pairs ahead (0: in this process); the pairs, and so the
+    result, do not depend on it.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,12 +245,10 @@ def train(
     torch.manual_seed(cfg.seed)
     model = RefinerNet(cfg.net).to(dev)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
     step, elapsed = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
-        generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if dev.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
@@ -214,7 +260,16 @@ def train(
         cfg.net.encoder, count_parameters(model), cfg.size, cfg.batch, dev, torch.get_num_threads(),
     )  # fmt: skip
     val = validation_pairs(cfg)
-    shape = (cfg.size,) * 3
+    loader = DataLoader(
+        PairStream(cfg),
+        batch_size=None,  # a PairStream item is already a batch
+        sampler=range(step, cfg.steps),
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
 
     def checkpoint() -> None:
         _save_checkpoint(
@@ -222,7 +277,6 @@ def train(
             {
                 "model": model.state_dict(),
                 "optimiser": optimiser.state_dict(),
-                "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state() if dev.type == "cuda" else None,
                 "step": step,
@@ -240,11 +294,10 @@ def train(
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train-refiner", dynamic_ncols=True)
     stopped_early = False
     validated_at = -1  # the step of the last validation (the final one reuses it)
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        pair = make_pair(cfg.batch, shape, generator, cfg)
+    t0 = time.perf_counter()
+    for pair in loader:  # the batches of steps step, step + 1, ..., cfg.steps - 1
         optimiser.zero_grad(set_to_none=True)
-        loss, dice, grad = pair_loss(model, pair, cfg.lam, dev)
+        loss, dice, grad = pair_loss(model, pair, cfg.lam, dev, cfg.label_sigma)
         loss.backward()
         optimiser.step()
         step += 1
@@ -275,6 +328,7 @@ def train(
             stopped_early = step < cfg.steps
             log.info("Stopping after %.1f min at step %d (resume with --resume)", max_minutes, step)
             break
+        t0 = time.perf_counter()  # the next step's time includes waiting for its pair
     bar.close()
     checkpoint()  # every exit: the last step, an early stop, or nothing left to do
     if validated_at != step:
