@@ -208,13 +208,19 @@ def _add_train_refiner(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=int, default=0, help="processes that make the synthetic pairs ahead (0: none)"
     )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start a new run from these weights (e.g. weights/refiner_v2.pt; architecture taken from the file)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
     p.add_argument("--device", default="auto", choices=DEVICES, help="compute device (bf16 autocast on CUDA)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training data")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop this session after a checkpoint")
     p.add_argument(
-        "--export", type=Path, default=None, help="write the final weights here (e.g. weights/refiner_v1.pt)"
+        "--export", type=Path, default=None, help="write the final weights here (e.g. weights/refiner_v2.pt)"
     )
     p.set_defaults(func=_run_train_refiner)
 
@@ -235,6 +241,7 @@ def _run_train_refiner(args: argparse.Namespace) -> int:
         ),
         resume=args.resume,
         workers=args.workers,
+        init=args.init,
         device=device,
         max_minutes=args.max_minutes,
         export=args.export,

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTAINER_WEIGHTS = Path("/opt/remind2reg/weights")
 WEIGHTS_ENV = "REMIND2REG_WEIGHTS"
-DEFAULT_WEIGHTS_NAME = "refiner_v1.pt"
+DEFAULT_WEIGHTS_NAME = "refiner_v2.pt"
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,8 @@ def normalise(image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Te
 
 
 def default_weights_path() -> Path:
-    """``$REMIND2REG_WEIGHTS`` (a file, or a folder holding ``refiner_v1.pt``), else the repo's
-    ``weights/refiner_v1.pt``, else the container's ``/opt/remind2reg/weights/refiner_v1.pt``.
+    """``$REMIND2REG_WEIGHTS`` (a file, or a folder holding ``refiner_v2.pt``), else the repo's
+    ``weights/refiner_v2.pt``, else the container's ``/opt/remind2reg/weights/refiner_v2.pt``.
 
     Never relative to the working directory.
     """

@@ -54,7 +54,7 @@ class RefineSettings:
     ``enabled = False`` (the default until the benchmark shows a TRE gain) makes :func:`refine`
     return its input field unchanged. ``weights = None`` uses
     :func:`inference.refinement.model.default_weights_path` (``$REMIND2REG_WEIGHTS``, else the
-    repository's ``weights/refiner_v1.pt``, else ``/opt/remind2reg/weights/refiner_v1.pt``).
+    repository's ``weights/refiner_v2.pt``, else ``/opt/remind2reg/weights/refiner_v2.pt``).
     """
 
     enabled: bool = False
