@@ -51,7 +51,8 @@ class _MethodChoices:
     """The names in ``inference.pipeline.METHODS``, imported only when argparse needs them.
 
     The pipeline imports torch, which takes seconds; ``evaluate`` and ``report`` should not pay
-    for it. argparse only tests membership and iterates the choices (help, error messages).
+    for it. argparse only tests membership and iterates the choices (help, error messages), as
+    long as the argument has a ``metavar`` (else it formats the choices when it is added).
     """
 
     @staticmethod
@@ -86,7 +87,8 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         "--method",
         default="convex-adam",
         choices=_MethodChoices(),
-        help="registration method (niftyreg-*: reg_aladin alone, the organisers' baseline family)",
+        metavar="METHOD",  # without it argparse iterates the choices (imports torch) at build time
+        help="registration method: %(choices)s (niftyreg-*: reg_aladin alone, the organisers' baseline family)",
     )
     p.add_argument(
         "--config",

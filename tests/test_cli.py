@@ -188,3 +188,17 @@ def test_register_rejects_a_bad_config_naming_the_file(dataset, tmp_path, caplog
     args = ["register", "--input", str(dataset[0]), "--output", str(tmp_path / "o"), "--config", str(bad)]
     assert main(args) == EXIT_INPUT
     assert "bad.toml" in caplog.text and "learning_rat" in caplog.text
+
+
+def test_parsing_the_command_line_does_not_import_torch():
+    # evaluate/report/pack must not pay seconds of torch imports (nor need torch installed to parse).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from remind2reg.cli import build_parser; "
+        "a = build_parser().parse_args(['evaluate', '--data', 'd', '--pred', 'p']); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
