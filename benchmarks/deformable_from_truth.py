@@ -10,7 +10,9 @@ its field at the fixed landmarks (mm) is how far its optimum lies from the truth
 guard's verdict is printed too (a rejected field is the zero field); ``--no-guard`` shows the
 drift itself. ``--exclude-cavity`` is an oracle diagnostic: the true resection cavity (label 6
 of ``groundtruth/labels_<case>_0000.nii.gz``) and a 2 mm rim are removed from the sector mask
-that the costs and the guard use.
+that the costs and the guard use. ``--fixed-from-mr`` replaces the US by the aligned ceT1
+inside the US sector: the same grids, sector and landmarks without the ultrasound appearance, so
+any drift left is the method's own (a mechanics check).
 """
 
 from __future__ import annotations
@@ -61,15 +63,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "synth_shared")
     parser.add_argument("--cases", nargs="+", required=True, help="case ids, e.g. 0001 0002")
     parser.add_argument("--config", type=Path, help="TOML/JSON pipeline settings")
+    parser.add_argument(
+        "--moving", nargs="+", default=["0001", "0002"], help="moving sequences (0001 ceT1, 0002 T2)"
+    )
     parser.add_argument("--no-guard", action="store_true", help="turn the NMI guard off")
     parser.add_argument("--exclude-cavity", action="store_true", help="oracle: mask out the true cavity")
+    parser.add_argument(
+        "--fixed-from-mr",
+        action="store_true",
+        help="mechanics check: the fixed image is the aligned ceT1 inside the US sector (no US appearance)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
     if args.no_guard:
         config = replace(config, guard=False)
-    pairs = find_pairs(args.data, ("0001", "0002"))
-    print("case  pair  mean |u| at landmarks (mm)  guard")
+    pairs = find_pairs(args.data, tuple(args.moving))
+    print("case  pair  mean |u| at landmarks (mm)  |mean u| (mm)  mean u (mm, array axes)  guard")
     for case in args.cases:
         group = [p for p in pairs if p.case == case]
         if not group:
@@ -81,6 +91,9 @@ def main() -> None:
             )
             for p in group
         }
+        if args.fixed_from_mr:  # same geometry and sector, MR appearance: any drift is the method's
+            mr = moving.get("0001", next(iter(moving.values())))
+            fixed = Image(np.where(fixed.array > 0, mr.array, 0).astype(np.float32), fixed.vox2world)
         method = ConvexAdamMethod(config)
         if args.exclude_cavity:
             labels = read_image(args.data / "groundtruth" / f"labels_{case}_0000.nii.gz", case).array
@@ -91,9 +104,15 @@ def main() -> None:
         spacing = voxel_spacing(fixed.vox2world)
         for mod, field in result.fields.items():
             u = sample_displacement(field, landmarks, order=1)  # (N, 3) fixed voxels
-            drift = float(np.linalg.norm(u * spacing, axis=1).mean())
+            u_mm = u * spacing
+            drift = float(np.linalg.norm(u_mm, axis=1).mean())
+            mean = u_mm.mean(axis=0)  # the systematic part of the drift (a translation)
             verdict = "rejected (zero field kept)" if result.notes.get(f"fallback_{mod}") else "accepted"
-            print(f"{case}  {mod}  {drift:26.2f}  {verdict}", flush=True)
+            axes = " ".join(f"{c:+.2f}" for c in mean)
+            print(
+                f"{case}  {mod}  {drift:26.2f}  {np.linalg.norm(mean):13.2f}  {axes:>23}  {verdict}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
