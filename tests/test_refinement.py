@@ -320,6 +320,21 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
 
 
+@pytest.mark.gpu
+def test_training_loss_on_cuda_bf16_agrees_with_cpu():
+    # The GPU path (bf16 autocast for the network, float32 integration and loss) ran the shipped
+    # training; it must compute the same loss as the CPU up to bf16 rounding.
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cfg = TrainConfig(size=32, n_labels=8, net=TINY)
+    pair = make_pair(1, (32,) * 3, torch.Generator().manual_seed(3), cfg)
+    net = tiny_net(0, head_std=0.01)
+    with torch.no_grad():
+        cpu = [float(x) for x in pair_loss(net, pair, cfg.lam, torch.device("cpu"), cfg.label_sigma)]
+        gpu = [float(x) for x in pair_loss(net.cuda(), pair, cfg.lam, torch.device("cuda"), cfg.label_sigma)]
+    assert abs(gpu[0] - cpu[0]) < 0.02 and abs(gpu[1] - cpu[1]) < 0.02, (cpu, gpu)
+
+
 def _small_cfg(steps: int) -> TrainConfig:
     return TrainConfig(size=32, n_labels=8, net=TINY, steps=steps, val_pairs=1, val_every=2, save_every=1)
 
