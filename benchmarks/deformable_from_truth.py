@@ -10,7 +10,9 @@ its field at the fixed landmarks (mm) is how far its optimum lies from the truth
 guard's verdict is printed too (a rejected field is the zero field); ``--no-guard`` shows the
 drift itself. ``--exclude-cavity`` is an oracle diagnostic: the true resection cavity (label 6
 of ``groundtruth/labels_<case>_0000.nii.gz``) and a 2 mm rim are removed from the sector mask
-that the costs and the guard use. ``--fixed-from-mr`` replaces the US by the aligned ceT1
+that the costs and the guard use (``--rim-mm`` sets the rim). ``--from-input`` starts from the
+input alignment instead and prints the official TRE (with ``--exclude-cavity``: what the oracle
+mask does to a normal registration). ``--fixed-from-mr`` replaces the US by the aligned ceT1
 inside the US sector: the same grids, sector and landmarks without the ultrasound appearance, so
 any drift left is the method's own (a mechanics check).
 """
@@ -31,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from evaluation.metrics import sample_displacement  # noqa: E402
+from evaluation.metrics import sample_displacement, target_registration_error  # noqa: E402
 from inference.config import RegistrationConfig  # noqa: E402
 from inference.geometry import voxel_spacing  # noqa: E402
 from inference.io.dataset import find_pairs, landmark_path  # noqa: E402
@@ -68,6 +70,12 @@ def main() -> None:
     )
     parser.add_argument("--no-guard", action="store_true", help="turn the NMI guard off")
     parser.add_argument("--exclude-cavity", action="store_true", help="oracle: mask out the true cavity")
+    parser.add_argument("--rim-mm", type=float, default=2.0, help="rim around the excluded cavity (mm)")
+    parser.add_argument(
+        "--from-input",
+        action="store_true",
+        help="start from the input alignment (MR as given) and print the TRE instead of the drift",
+    )
     parser.add_argument(
         "--fixed-from-mr",
         action="store_true",
@@ -79,30 +87,47 @@ def main() -> None:
     if args.no_guard:
         config = replace(config, guard=False)
     pairs = find_pairs(args.data, tuple(args.moving))
-    print("case  pair  mean |u| at landmarks (mm)  |mean u| (mm)  mean u (mm, array axes)  guard")
+    if args.from_input:
+        print("case  pair  TRE from the input alignment  guard")
+    else:
+        print("case  pair  mean |u| at landmarks (mm)  |mean u| (mm)  mean u (mm, array axes)  guard")
     for case in args.cases:
         group = [p for p in pairs if p.case == case]
         if not group:
             raise SystemExit(f"case {case}: no pair in {args.data}")
         fixed = read_image(group[0].fixed, case)
-        moving = {
-            p.moving_name.modality: warped_by_truth(
-                read_image(p.moving, case), read_displacement(args.data / "groundtruth" / p.output_name)
-            )
-            for p in group
-        }
+        given = {p.moving_name.modality: read_image(p.moving, case) for p in group}
+        moving = (
+            given
+            if args.from_input
+            else {
+                p.moving_name.modality: warped_by_truth(
+                    given[p.moving_name.modality],
+                    read_displacement(args.data / "groundtruth" / p.output_name),
+                )
+                for p in group
+            }
+        )
         if args.fixed_from_mr:  # same geometry and sector, MR appearance: any drift is the method's
             mr = moving.get("0001", next(iter(moving.values())))
             fixed = Image(np.where(fixed.array > 0, mr.array, 0).astype(np.float32), fixed.vox2world)
         method = ConvexAdamMethod(config)
         if args.exclude_cavity:
             labels = read_image(args.data / "groundtruth" / f"labels_{case}_0000.nii.gz", case).array
-            rim = round(2.0 / float(np.mean(fixed.spacing)))
+            rim = round(args.rim_mm / float(np.mean(fixed.spacing)))
             method = WithoutCavity(config, ndimage.binary_dilation(labels == 6, iterations=rim))
         result = method(fixed, moving)
         landmarks = read_landmarks_csv(landmark_path(group[0].fixed))
         spacing = voxel_spacing(fixed.vox2world)
         for mod, field in result.fields.items():
+            if args.from_input:  # the official TRE of the registration (drift columns left blank)
+                pair = next(p for p in group if p.moving_name.modality == mod)
+                mov_lms = read_landmarks_csv(landmark_path(pair.moving))
+                tre = float(target_registration_error(landmarks, mov_lms, field, given[mod].spacing).mean())
+                print(
+                    f"{case}  {mod}  TRE {tre:.2f} mm  {'' if not result.notes.get(f'fallback_{mod}') else 'rejected'}"
+                )
+                continue
             u = sample_displacement(field, landmarks, order=1)  # (N, 3) fixed voxels
             u_mm = u * spacing
             drift = float(np.linalg.norm(u_mm, axis=1).mean())
