@@ -124,9 +124,8 @@ def main() -> None:
                 pair = next(p for p in group if p.moving_name.modality == mod)
                 mov_lms = read_landmarks_csv(landmark_path(pair.moving))
                 tre = float(target_registration_error(landmarks, mov_lms, field, given[mod].spacing).mean())
-                print(
-                    f"{case}  {mod}  TRE {tre:.2f} mm  {'' if not result.notes.get(f'fallback_{mod}') else 'rejected'}"
-                )
+                verdict = "rejected (zero field kept)" if result.notes.get(f"fallback_{mod}") else "accepted"
+                print(f"{case}  {mod}  TRE {tre:.2f} mm  {verdict}", flush=True)
                 continue
             u = sample_displacement(field, landmarks, order=1)  # (N, 3) fixed voxels
             u_mm = u * spacing
