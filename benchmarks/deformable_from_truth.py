@@ -40,7 +40,7 @@ from inference.io.dataset import find_pairs, landmark_path  # noqa: E402
 from inference.io.displacement import read_displacement  # noqa: E402
 from inference.io.landmarks import read_landmarks_csv  # noqa: E402
 from inference.io.nifti import Image, read_image  # noqa: E402
-from inference.methods.convex_adam import ConvexAdamMethod  # noqa: E402
+from inference.methods.convex_adam import ConvexAdamMethod, sector_mask  # noqa: E402
 
 
 def warped_by_truth(moving: Image, truth_vox: np.ndarray) -> Image:
@@ -82,6 +82,8 @@ def main() -> None:
         help="mechanics check: the fixed image is the aligned ceT1 inside the US sector (no US appearance)",
     )
     args = parser.parse_args()
+    if args.fixed_from_mr and args.from_input:
+        parser.error("--fixed-from-mr needs the truth-warped MR: it cannot be combined with --from-input")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
     if args.no_guard:
@@ -110,7 +112,8 @@ def main() -> None:
         )
         if args.fixed_from_mr:  # same geometry and sector, MR appearance: any drift is the method's
             mr = moving.get("0001", next(iter(moving.values())))
-            fixed = Image(np.where(fixed.array > 0, mr.array, 0).astype(np.float32), fixed.vox2world)
+            inside = sector_mask(fixed.array)  # the method's own sector (no speckle holes)
+            fixed = Image(np.where(inside, mr.array, 0).astype(np.float32), fixed.vox2world)
         method = ConvexAdamMethod(config)
         if args.exclude_cavity:
             labels = read_image(args.data / "groundtruth" / f"labels_{case}_0000.nii.gz", case).array

@@ -98,7 +98,9 @@ def main() -> None:
                 )
                 mins.append((int(np.argmin(costs)) - args.range) * spacing)
                 ratios.append(costs[args.range] / costs.min())
-            removed = "no" if rim < 0 else f"cavity + {rim:g} mm"
+            removed = (
+                "no" if rim < 0 else f"cavity + {rim:g} mm" if (labels == 6).any() else "no cavity in case"
+            )
             where = " ".join(f"{m:+.0f}" for m in mins)
             print(f"| {case} | {removed} | {where} | {' '.join(f'{r:.3f}' for r in ratios)} |", flush=True)
 

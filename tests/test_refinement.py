@@ -27,7 +27,7 @@ from inference.refinement.model import (
 )
 from inference.refinement.stage import RefineSettings, TTOLoss, jacobian_det, optimise_residual, refine
 from training.deform import random_deformation
-from training.intensity import mr_image, us_image
+from training.intensity import gaussian_blur, mr_image, us_image
 from training.labels import one_hot, random_label_maps
 from training.train import (
     CHECKPOINT,
@@ -35,6 +35,7 @@ from training.train import (
     load_checkpoint,
     make_pair,
     pair_loss,
+    soft_dice,
     train,
     validate,
     validation_pairs,
@@ -308,7 +309,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
     losses = []
     for _ in range(3):
         net.zero_grad()
-        loss, _, _ = pair_loss(net, pair, cfg.lam, device)
+        loss, _, _ = pair_loss(net, pair, cfg.lam, device, cfg.label_sigma)
         loss.backward()
         losses.append(float(loss.detach()))
         norm = torch.sqrt(sum((p.grad**2).sum() for p in net.parameters()))
@@ -316,8 +317,49 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
             for p in net.parameters():
                 p -= 0.005 * p.grad / norm
     with torch.no_grad():
-        losses.append(float(pair_loss(net, pair, cfg.lam, device)[0]))
+        losses.append(float(pair_loss(net, pair, cfg.lam, device, cfg.label_sigma)[0]))
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
+
+
+def test_he_initialisation_keeps_the_features_alive():
+    # Regression (refiner_v1): torch's default init shrank the activations ~10x per level, so
+    # the deep layers' gradients fell under Adam's eps (1e-8) and never trained.
+    net = RefinerNet(TrainConfig().net)
+    x = torch.rand((1, 2, 32, 32, 32), generator=torch.Generator().manual_seed(0))
+    features = x
+    with torch.no_grad():
+        for block in net.enc:
+            features = block(features)
+    assert float(features.abs().mean()) > 0.05  # the deepest encoder level (1/16 resolution)
+    pair = make_pair(1, (32,) * 3, torch.Generator().manual_seed(1), TrainConfig(size=32, p_us=0.0))
+    torch.nn.init.normal_(net.head.weight, std=0.01)
+    loss, _, _ = pair_loss(net, pair, 0.0, torch.device("cpu"), 1.5)
+    loss.backward()
+    deepest = net.enc[-1][1][0].weight.grad  # the last convolution of the deepest level
+    assert float(deepest.abs().max()) > 1e-6
+
+
+def test_smoothed_labels_spread_the_dice_gradient_over_the_volume():
+    # Regression (refiner_v1): the hard one-hot Dice has a gradient only on boundary voxels; the
+    # training loss smooths the labels so that most voxels take part. Both pull towards the truth.
+    g = torch.Generator().manual_seed(2)
+    labels = one_hot(random_label_maps(1, (32,) * 3, g, n_labels=6), 6)
+    mask = torch.ones_like(labels[:, :1])
+    shifted = torch.roll(labels, 3, dims=2)  # a 3-voxel misalignment along axis 0
+
+    def dice_gradient(sigma: float) -> torch.Tensor:
+        u = torch.zeros(1, 3, 32, 32, 32, requires_grad=True)
+        fixed, moving = labels, shifted
+        if sigma > 0:
+            fixed, moving = gaussian_blur(labels, (sigma,) * 3), gaussian_blur(shifted, (sigma,) * 3)
+        soft_dice(warp(moving, u), fixed, mask).mean().backward()
+        return u.grad[:, 0]  # along the misaligned axis
+
+    hard, smooth = dice_gradient(0.0), dice_gradient(1.5)
+    # u > 0 along axis 0 (moving(x + u)) undoes the roll: both ascend towards it.
+    assert float(hard.sum()) > 0 and float(smooth.sum()) > 0
+    assert float((hard != 0).float().mean()) < 0.2  # boundary voxels only (13 % here)
+    assert float((smooth != 0).float().mean()) > 0.8  # nearly everywhere (93 % here)
 
 
 @pytest.mark.gpu
@@ -328,10 +370,16 @@ def test_training_loss_on_cuda_bf16_agrees_with_cpu():
         pytest.skip("no CUDA device")
     cfg = TrainConfig(size=32, n_labels=8, net=TINY)
     pair = make_pair(1, (32,) * 3, torch.Generator().manual_seed(3), cfg)
-    net = tiny_net(0, head_std=0.01)
+    net = tiny_net(0, head_std=0.15)  # fields of a few voxels
     with torch.no_grad():
         cpu = [float(x) for x in pair_loss(net, pair, cfg.lam, torch.device("cpu"), cfg.label_sigma)]
-        gpu = [float(x) for x in pair_loss(net.cuda(), pair, cfg.lam, torch.device("cuda"), cfg.label_sigma)]
+        disp_cpu = net(pair["fixed"], pair["moving"])
+        net = net.cuda()
+        gpu = [float(x) for x in pair_loss(net, pair, cfg.lam, torch.device("cuda"), cfg.label_sigma)]
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            disp_gpu = net(pair["fixed"].cuda(), pair["moving"].cuda()).float().cpu()
+    assert float(disp_cpu.abs().max()) > 0.5
+    assert float((disp_gpu - disp_cpu).abs().max()) < 0.05 * float(disp_cpu.abs().max())
     assert abs(gpu[0] - cpu[0]) < 0.02 and abs(gpu[1] - cpu[1]) < 0.02, (cpu, gpu)
 
 
@@ -373,6 +421,7 @@ def test_init_starts_a_new_run_from_a_weight_file(tmp_path):
     train(tmp_path / "ft", cfg, progress=False, init=source)
     state = load_checkpoint(tmp_path / "ft")
     assert NetConfig.from_dict(state["config"]["net"]) == TINY and state["step"] == 0
+    assert state["config"]["init"] == str(source)  # provenance
     for key, value in load_weights(source).state_dict().items():
         torch.testing.assert_close(state["model"][key], value, rtol=0, atol=0)
 

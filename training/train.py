@@ -11,14 +11,16 @@ image), of the one-hot label maps smoothed by a Gaussian ``G`` of sd ``label_sig
 ``grad`` is :func:`inference.deformable.fields.diffusion_penalty` of the full-resolution field
 ``u`` (voxels, fixed -> moving: ``warped(x) = moving(x + u(x))``). The smoothing matters: the
 Dice of hard one-hot maps has a gradient only within one voxel of a boundary, and with it the
-network never moved off the identity (8 fixed 32^3 pairs, same contrast on both sides, 300
-Adam steps: Dice 0.7650 vs 0.7651 for the identity; with ``label_sigma`` 1.5: 0.807 after 250).
-The reported Dice (``dice``, validation) is always the hard-label Dice.
+network never moved off the identity (``benchmarks/refiner_overfit.py``; numbers in
+``weights/MODEL_CARD.md``). The reported Dice (``dice``, validation) is that of the unsmoothed
+one-hot maps: the moving one is warped with linear interpolation (so it is slightly soft), the
+identity's is exact, which if anything favours the identity.
 
 The pair of step ``s`` is drawn from its own generator seeded by ``(seed, s)``
 (:func:`pair_generator`), so pairs can be made ahead by ``workers`` processes and a resumed run
 sees exactly the pairs an uninterrupted one would. Runs are resumable: ``<out>/checkpoint.pt``
-holds the model, the optimiser, the step, the cumulative wall time and the torch RNG states;
+holds the model, the optimiser, the step, the cumulative step time (pair wait, forward and
+backward; not validation or checkpointing) and the torch RNG states;
 ``<out>/log.csv`` one row per step (loss, Dice, seconds) and the validation Dice on fixed
 held-out pairs (``val_seed``) every ``val_every`` steps. CUDA runs use bf16 autocast for the
 network; the field integration and the loss stay in float32.
@@ -80,6 +82,7 @@ class TrainConfig:
     save_every: int = 50
     seed: int = 0
     net: NetConfig = field(default_factory=lambda: SMALL_CPU_NET)
+    init: str | None = None  # the weight file a run started from (provenance; set by train())
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -252,11 +255,28 @@ def train(
     ckpt_path = out / CHECKPOINT
     state = load_checkpoint(out) if resume and ckpt_path.is_file() else None
     if state is not None:
-        cfg = TrainConfig.from_dict({**state["config"], "steps": cfg.steps})
+        stored = TrainConfig.from_dict({**state["config"], "steps": cfg.steps})
+        if replace(cfg, init=stored.init) != stored:
+            log.warning("Resuming %s with its stored settings; those given now (except steps) are ignored", out)
+        cfg = stored
+        if int(state["step"]) >= cfg.steps:
+            log.warning(
+                "%s is already at step %d >= steps %d: nothing to train (raise --steps)",
+                out, int(state["step"]), cfg.steps,
+            )  # fmt: skip
     torch.manual_seed(cfg.seed)
     if state is None and init is not None:
         model = load_weights(init, dev).train()
-        cfg = replace(cfg, net=model.config)
+        cfg = replace(cfg, net=model.config, init=str(init))
+        source = (
+            torch.load(init, map_location="cpu", weights_only=True).get("meta", {}).get("train_config", {})
+        )
+        if source.get("seed") == cfg.seed:
+            log.warning(
+                "--init %s with the seed of its own run (%d) replays its pairs: pass another --seed",
+                init,
+                cfg.seed,
+            )
         log.info("Starting from the weights %s", init)
     else:
         model = RefinerNet(cfg.net).to(dev)
@@ -350,9 +370,11 @@ def train(
             break
         t0 = time.perf_counter()  # the next step's time includes waiting for its pair
     bar.close()
-    checkpoint()  # every exit: the last step, an early stop, or nothing left to do
-    if validated_at != step:
+    if validated_at != step:  # the final state is always validated, and logged
         after, before = validate(model, val, dev)
+        if rows and int(rows[-1]["step"]) == step:
+            rows[-1]["val_dice"], rows[-1]["val_dice_identity"] = f"{after:.5f}", f"{before:.5f}"
+    checkpoint()  # every exit: the last step, an early stop, or nothing left to do
     summary = {
         "step": step,
         "elapsed_s": elapsed,
