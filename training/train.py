@@ -257,7 +257,9 @@ def train(
     if state is not None:
         stored = TrainConfig.from_dict({**state["config"], "steps": cfg.steps})
         if replace(cfg, init=stored.init) != stored:
-            log.warning("Resuming %s with its stored settings; those given now (except steps) are ignored", out)
+            log.warning(
+                "Resuming %s with its stored settings; those given now (except steps) are ignored", out
+            )
         cfg = stored
         if int(state["step"]) >= cfg.steps:
             log.warning(
