@@ -36,7 +36,7 @@ from inference.config import RegistrationConfig  # noqa: E402
 from inference.deformable.fields import warp  # noqa: E402
 from inference.io.dataset import find_pairs  # noqa: E402
 from inference.io.displacement import read_displacement  # noqa: E402
-from inference.io.nifti import Image, read_image  # noqa: E402
+from inference.io.nifti import read_image  # noqa: E402
 from inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid  # noqa: E402
 
 
@@ -87,10 +87,9 @@ def main() -> None:
                     cavity = ndimage.binary_dilation(
                         cavity, iterations=round(rim / float(np.mean(fixed.spacing)))
                     )
-                on_grid = Image(cavity.astype(np.float32), fixed.vox2world)
-                with torch.no_grad():  # the cavity on the working grid, by the method's own resampling
-                    cav = method.features(on_grid, {"0001": on_grid}, grid, mask).us
-                keep = keep * (cav < 0.5).float()
+                # The cavity on the working grid, resampled like the sector mask in features().
+                cav = grid.to_working(cavity.astype(np.float32), method.device) > 0.5
+                keep = keep * (~cav).float()
             mins, ratios = [], []
             for axis in range(3):
                 costs = translation_costs(

@@ -5,6 +5,7 @@ Small sizes (32^3 to 48^3) and tiny networks keep these fast on a CPU.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from dataclasses import replace
 
@@ -31,6 +32,7 @@ from training.intensity import gaussian_blur, mr_image, us_image
 from training.labels import one_hot, random_label_maps
 from training.train import (
     CHECKPOINT,
+    NETS,
     TrainConfig,
     load_checkpoint,
     make_pair,
@@ -431,6 +433,11 @@ def test_cli_train_refiner(tmp_path):
 
     args = build_parser().parse_args(["train-refiner", "--out", str(tmp_path), "--steps", "3", "--resume"])
     assert args.steps == 3 and args.resume and args.device == "auto" and args.size == 64
+    # The CLI spells the architecture choices out (it must not import torch to build the parser):
+    # they must be exactly the keys of training.train.NETS.
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    net_flag = next(a for a in subcommands.choices["train-refiner"]._actions if a.dest == "net")
+    assert set(net_flag.choices) == set(NETS)
     # A 1-step run of the default network on 32^3 pairs, exported.
     code = main(
         ["-q", "train-refiner", "--out", str(tmp_path / "run"), "--steps", "1", "--size", "32",

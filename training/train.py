@@ -181,11 +181,13 @@ def pair_loss(
         disp = model(p["fixed"], p["moving"])
     disp = disp.float()
     fixed, moving = p["fixed_labels"], p["moving_labels"]
-    hard = soft_dice(warp(moving, disp.detach()), fixed, p["mask"]).mean()
     if label_sigma > 0:
+        hard = soft_dice(warp(moving, disp.detach()), fixed, p["mask"]).mean()
         sigmas = (label_sigma,) * 3
         fixed, moving = gaussian_blur(fixed, sigmas), gaussian_blur(moving, sigmas)
     dice = soft_dice(warp(moving, disp), fixed, p["mask"]).mean()
+    if label_sigma <= 0:
+        hard = dice.detach()  # the loss's Dice is already the hard-label one
     grad = diffusion_penalty(disp)
     return 1.0 - dice + lam * grad, hard, grad
 
