@@ -21,26 +21,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from remind2reg.evaluation.metrics import sample_displacement, target_registration_error
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.geometry import voxel_spacing
+from remind2reg.inference.io.dataset import find_pairs, landmark_path
+from remind2reg.inference.io.displacement import read_displacement
+from remind2reg.inference.io.landmarks import read_landmarks_csv
+from remind2reg.inference.io.nifti import Image, read_image
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, sector_mask
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from evaluation.metrics import sample_displacement, target_registration_error  # noqa: E402
-from inference.config import RegistrationConfig  # noqa: E402
-from inference.geometry import voxel_spacing  # noqa: E402
-from inference.io.dataset import find_pairs, landmark_path  # noqa: E402
-from inference.io.displacement import read_displacement  # noqa: E402
-from inference.io.landmarks import read_landmarks_csv  # noqa: E402
-from inference.io.nifti import Image, read_image  # noqa: E402
-from inference.methods.convex_adam import ConvexAdamMethod, sector_mask  # noqa: E402
 
 
 def warped_by_truth(moving: Image, truth_vox: np.ndarray) -> Image:

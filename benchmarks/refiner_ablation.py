@@ -28,19 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from remind2reg.evaluation.metrics import (
+    folding_percent,
+    jacobian_determinant,
+    sdlogj,
+    target_registration_error,
+)
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.io.dataset import find_pairs, landmark_path
+from remind2reg.inference.io.landmarks import read_landmarks_csv
+from remind2reg.inference.io.nifti import read_image
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, embed, sector_mask, working_grid
+from remind2reg.inference.refinement.stage import RefineSettings, load_refiner, refine
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from evaluation.metrics import folding_percent, jacobian_determinant, sdlogj, target_registration_error  # noqa: E402
-from inference.config import RegistrationConfig  # noqa: E402
-from inference.io.dataset import find_pairs, landmark_path  # noqa: E402
-from inference.io.landmarks import read_landmarks_csv  # noqa: E402
-from inference.io.nifti import read_image  # noqa: E402
-from inference.methods.convex_adam import ConvexAdamMethod, embed, sector_mask, working_grid  # noqa: E402
-from inference.refinement.stage import RefineSettings, load_refiner, refine  # noqa: E402
-
 log = logging.getLogger("refiner_ablation")
 
 

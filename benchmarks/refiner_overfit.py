@@ -23,20 +23,15 @@ displacement of the first pair, every 50 steps.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
+from remind2reg.inference.deformable.fields import warp
+from remind2reg.inference.refinement.model import RefinerNet
+from remind2reg.training.train import SMALL_CPU_NET, TrainConfig, make_pair, pair_loss, soft_dice
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from inference.deformable.fields import warp  # noqa: E402
-from inference.refinement.model import RefinerNet  # noqa: E402
-from training.train import SMALL_CPU_NET, TrainConfig, make_pair, pair_loss, soft_dice  # noqa: E402
-
 VARIANTS = {  # name: (initialisation, loss, learning rate)
     "v1": ("torch", "dice", 5e-4),
     "he": ("he", "dice", 5e-4),

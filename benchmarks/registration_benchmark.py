@@ -48,18 +48,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from remind2reg.evaluation.evaluate import PairResult, evaluate
+from remind2reg.evaluation.metrics import official_aggregates
+from remind2reg.inference.io.atomic import write_text_atomic
+from remind2reg.inference.io.dataset import DATASET_JSON, RegistrationPair, find_pairs, landmark_path
+from remind2reg.inference.io.landmarks import read_landmarks_csv
+from remind2reg.inference.io.nifti import header_spacing
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from evaluation.evaluate import PairResult, evaluate  # noqa: E402
-from evaluation.metrics import official_aggregates  # noqa: E402
-from inference.io.atomic import write_text_atomic  # noqa: E402
-from inference.io.dataset import DATASET_JSON, RegistrationPair, find_pairs, landmark_path  # noqa: E402
-from inference.io.landmarks import read_landmarks_csv  # noqa: E402
-from inference.io.nifti import header_spacing  # noqa: E402
-
 log = logging.getLogger("registration_benchmark")
 
 TIMINGS_FILE = "timings.json"

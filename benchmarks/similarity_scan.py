@@ -18,26 +18,20 @@ oracle diagnostic: the method never sees the labels; ``-1`` keeps the cavity).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from deformable_from_truth import warped_by_truth
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.deformable.fields import warp
+from remind2reg.inference.io.dataset import find_pairs
+from remind2reg.inference.io.displacement import read_displacement
+from remind2reg.inference.io.nifti import read_image
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from deformable_from_truth import warped_by_truth  # noqa: E402
-
-from inference.config import RegistrationConfig  # noqa: E402
-from inference.deformable.fields import warp  # noqa: E402
-from inference.io.dataset import find_pairs  # noqa: E402
-from inference.io.displacement import read_displacement  # noqa: E402
-from inference.io.nifti import read_image  # noqa: E402
-from inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid  # noqa: E402
 
 
 def translation_costs(

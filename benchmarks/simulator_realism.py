@@ -31,22 +31,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from synthesis import labels as L  # noqa: E402
-from synthesis.calibration import (  # noqa: E402
+from remind2reg.synthesis import labels as L
+from remind2reg.synthesis.calibration import (
     UsStatistics,
     load_volume,
     resect_statistics,
     statistics_table,
     us_statistics,
 )
-from synthesis.ultrasound import Sector, random_sector, render_ultrasound  # noqa: E402
+from remind2reg.synthesis.ultrasound import Sector, random_sector, render_ultrasound
+from scipy import ndimage
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESECT = ROOT.parent / "shared" / "data" / "resect_us"
 DEFAULT_FIGURE = ROOT / "docs" / "images" / "simulated_vs_real_us.png"
 CAVITY_MARGIN_MM = 2.0

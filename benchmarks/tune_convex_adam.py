@@ -19,12 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from evaluation.metrics import folding_percent, jacobian_determinant, sdlogj, target_registration_error
-from inference.config import RegistrationConfig
-from inference.io.landmarks import read_landmarks_csv
-from inference.io.nifti import read_image
-from inference.methods.convex_adam import ConvexAdamMethod
+from remind2reg.evaluation.metrics import (
+    folding_percent,
+    jacobian_determinant,
+    sdlogj,
+    target_registration_error,
+)
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.io.landmarks import read_landmarks_csv
+from remind2reg.inference.io.nifti import read_image
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,20 +11,19 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-
-from evaluation.metrics import (
+from remind2reg.evaluation.metrics import (
     folding_percent,
     jacobian_determinant,
     official_aggregates,
     sdlogj,
     target_registration_error,
 )
-from inference.errors import InputError
-from inference.io.atomic import write_text_atomic
-from inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs, landmark_path
-from inference.io.displacement import TIMINGS_FILE, read_displacement
-from inference.io.landmarks import read_landmarks_csv
-from inference.io.nifti import header_spacing, read_header
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.atomic import write_text_atomic
+from remind2reg.inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs, landmark_path
+from remind2reg.inference.io.displacement import TIMINGS_FILE, read_displacement
+from remind2reg.inference.io.landmarks import read_landmarks_csv
+from remind2reg.inference.io.nifti import header_spacing, read_header
 
 log = logging.getLogger(__name__)
 

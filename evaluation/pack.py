@@ -15,11 +15,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
-from inference.errors import InputError
-from inference.io.atomic import atomic_path
-from inference.io.dataset import find_pairs
-from inference.io.nifti import read_header
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.atomic import atomic_path
+from remind2reg.inference.io.dataset import find_pairs
+from remind2reg.inference.io.nifti import read_header
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,7 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from PIL import Image as PILImage
-from scipy import ndimage
-
-from evaluation.evaluate import (
+from remind2reg.evaluation.evaluate import (
     EvaluationReport,
     PairResult,
     evaluate_pair,
@@ -47,13 +45,14 @@ from evaluation.evaluate import (
     read_runtimes,
     read_timing_entries,
 )
-from evaluation.metrics import jacobian_determinant, sample_displacement
-from evaluation.pmm import PatchMIMap, patchwise_nmi
-from inference.errors import InputError
-from inference.io.atomic import atomic_path, write_text_atomic
-from inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs
-from inference.io.displacement import read_displacement
-from inference.io.nifti import Image, header_spacing
+from remind2reg.evaluation.metrics import jacobian_determinant, sample_displacement
+from remind2reg.evaluation.pmm import PatchMIMap, patchwise_nmi
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.atomic import atomic_path, write_text_atomic
+from remind2reg.inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs
+from remind2reg.inference.io.displacement import read_displacement
+from remind2reg.inference.io.nifti import Image, header_spacing
+from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -407,8 +406,8 @@ def report_pair(
     pair: RegistrationPair, pred_dir: Path, data_root: Path, out_dir: Path, qc: PairQC, runtime: float | None
 ) -> None:
     """Draw one pair into ``out_dir`` and fill ``qc``; raises on invalid inputs."""
-    from inference.methods.convex_adam import sector_mask  # torch: imported only when drawing
-    from inference.pipeline import load_fixed, load_moving
+    from remind2reg.inference.methods.convex_adam import sector_mask  # torch: imported only when drawing
+    from remind2reg.inference.pipeline import load_fixed, load_moving
 
     fixed = load_fixed(pair)
     moving = load_moving(pair, fixed)

@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from inference.affine.blockmatch import TRANSFORMS, BlockMatchSettings
-from inference.deformable.instance import AdamSettings
-from inference.errors import InputError
-from inference.refinement.stage import RefineSettings
+from remind2reg.inference.affine.blockmatch import TRANSFORMS, BlockMatchSettings
+from remind2reg.inference.deformable.instance import AdamSettings
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.refinement.stage import RefineSettings
 
 FUSIONS = ("none", "joint", "mean", "max")
 AFFINE_METHODS = ("none", "blockmatch", "niftyreg")

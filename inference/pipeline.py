@@ -37,18 +37,17 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.geometry import resample_to_grid, same_grid
+from remind2reg.inference.io.atomic import atomic_path, remove_stale_partials, write_text_atomic
+from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
+from remind2reg.inference.io.displacement import TIMINGS_FILE, read_displacement, write_displacement
+from remind2reg.inference.io.nifti import Image, check_not_constant, check_ultrasound, read_header, read_image
+from remind2reg.inference.methods.base import Method, MethodResult
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
+from remind2reg.inference.methods.identity import IdentityMethod
 from tqdm import tqdm
-
-from inference.config import RegistrationConfig
-from inference.errors import InputError
-from inference.geometry import resample_to_grid, same_grid
-from inference.io.atomic import atomic_path, remove_stale_partials, write_text_atomic
-from inference.io.dataset import RegistrationPair, find_pairs
-from inference.io.displacement import TIMINGS_FILE, read_displacement, write_displacement
-from inference.io.nifti import Image, check_not_constant, check_ultrasound, read_header, read_image
-from inference.methods.base import Method, MethodResult
-from inference.methods.convex_adam import ConvexAdamMethod
-from inference.methods.identity import IdentityMethod
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def make_method(name: str, config: RegistrationConfig | None = None, device: str
     if name == "convex-adam":
         return ConvexAdamMethod(config, device)
     if name in ("niftyreg-rigid", "niftyreg-affine"):
-        from inference.methods.niftyreg import NiftyRegMethod
+        from remind2reg.inference.methods.niftyreg import NiftyRegMethod
 
         return NiftyRegMethod(rigid_only=name == "niftyreg-rigid")
     if name in ("blockmatch-rigid", "blockmatch-affine"):

@@ -37,8 +37,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE, InputError, Remind2RegError
 from remind2reg import __version__
+from remind2reg.inference.errors import (
+    EXIT_FAILURE,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_USAGE,
+    InputError,
+    Remind2RegError,
+)
 
 log = logging.getLogger("remind2reg")
 
@@ -57,7 +64,7 @@ class _MethodChoices:
 
     @staticmethod
     def _names() -> tuple[str, ...]:
-        from inference.pipeline import METHODS
+        from remind2reg.inference.pipeline import METHODS
 
         return tuple(METHODS)
 
@@ -230,7 +237,7 @@ def _add_train_refiner(sub: argparse._SubParsersAction) -> None:
 def _run_train_refiner(args: argparse.Namespace) -> int:
     import torch
 
-    from training.train import NETS, TrainConfig, train
+    from remind2reg.training.train import NETS, TrainConfig, train
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -272,8 +279,8 @@ def _resolve_device(requested: str) -> str:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from inference.config import RegistrationConfig
-    from inference.pipeline import register_folder
+    from remind2reg.inference.config import RegistrationConfig
+    from remind2reg.inference.pipeline import register_folder
 
     config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
     device = _resolve_device(args.device)
@@ -297,7 +304,7 @@ def _run_register(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from evaluation.evaluate import evaluate, write_report
+    from remind2reg.evaluation.evaluate import evaluate, write_report
 
     report = evaluate(args.data, args.pred, MODALITY_CHOICES[args.modalities])
     print(report.table())
@@ -306,7 +313,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from evaluation.report import build_report
+    from remind2reg.evaluation.report import build_report
 
     result = build_report(args.data, args.pred, args.out, MODALITY_CHOICES[args.modalities])
     print(f"wrote {result.index}")
@@ -314,7 +321,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_pack(args: argparse.Namespace) -> int:
-    from evaluation.pack import pack_submission
+    from remind2reg.evaluation.pack import pack_submission
 
     out = pack_submission(args.input, args.pred, args.out, MODALITY_CHOICES[args.modalities])
     print(f"wrote {out}")
@@ -322,7 +329,7 @@ def _run_pack(args: argparse.Namespace) -> int:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from synthesis.generate import SynthConfig, generate_dataset
+    from remind2reg.synthesis.generate import SynthConfig, generate_dataset
 
     config = SynthConfig(grid=args.grid)
     generate_dataset(

@@ -25,18 +25,14 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
-from scipy.spatial.transform import Rotation
-from tqdm import tqdm
-
-from evaluation.metrics import sample_displacement
-from inference.errors import InputError
-from inference.geometry import apply_affine, compose_affine_displacement
-from inference.io.atomic import write_text_atomic
-from inference.io.landmarks import write_landmarks_csv
-from inference.io.nifti import write_image
-from synthesis import labels as L
-from synthesis.brainshift import (
+from remind2reg.evaluation.metrics import sample_displacement
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.geometry import apply_affine, compose_affine_displacement
+from remind2reg.inference.io.atomic import write_text_atomic
+from remind2reg.inference.io.landmarks import write_landmarks_csv
+from remind2reg.inference.io.nifti import write_image
+from remind2reg.synthesis import labels as L
+from remind2reg.synthesis.brainshift import (
     BrainShiftParams,
     CoarseGrid,
     magnitude_mm,
@@ -45,9 +41,12 @@ from synthesis.brainshift import (
     smooth_noise,
     upsample,
 )
-from synthesis.landmarks import pick_landmarks
-from synthesis.sources import SHARED_SUBJECTS, SourceBrain, insert_tumour, load_mni, load_shared
-from synthesis.ultrasound import Sector, random_sector, render_ultrasound, sector_bbox, sector_mask
+from remind2reg.synthesis.landmarks import pick_landmarks
+from remind2reg.synthesis.sources import SHARED_SUBJECTS, SourceBrain, insert_tumour, load_mni, load_shared
+from remind2reg.synthesis.ultrasound import Sector, random_sector, render_ultrasound, sector_bbox, sector_mask
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
+from remind2reg.inference.errors import Remind2RegError
+from remind2reg.inference.geometry import apply_affine
+from remind2reg.synthesis import labels as L
 from scipy import ndimage
-
-from inference.errors import Remind2RegError
-from inference.geometry import apply_affine
-from synthesis import labels as L
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from remind2reg.synthesis import labels as L
 from scipy import ndimage
-
-from synthesis import labels as L
 
 # --------------------------------------------------------------------------------------------
 # Geometry

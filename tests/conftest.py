@@ -39,7 +39,7 @@ def make_case_files(
     root: Path, case: str, shape, vox2world, modalities=("0000", "0001", "0002"), layout="imagesTr"
 ):
     """Write small random images for one case; returns their paths by modality."""
-    from inference.io.nifti import write_image
+    from remind2reg.inference.io.nifti import write_image
 
     folder = root / layout if layout else root
     rng = np.random.default_rng(int(case))

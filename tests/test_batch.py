@@ -12,12 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from remind2reg.inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE
+from remind2reg.inference.io.nifti import Image, write_image
+from remind2reg.inference.methods.base import MethodResult
+from remind2reg.inference.pipeline import METHODS, ON_ERROR_POLICIES, register_folder
 from scipy import ndimage
 
-from inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE
-from inference.io.nifti import Image, write_image
-from inference.methods.base import MethodResult
-from inference.pipeline import METHODS, ON_ERROR_POLICIES, register_folder
 from remind2reg import cli
 from remind2reg.cli import main
 from tests.conftest import make_case_files, oblique_vox2world
@@ -122,7 +122,7 @@ def test_method_error_exits_1_with_a_traceback(three_cases, tmp_path, caplog, mo
                 raise RuntimeError("solver diverged")
             return MethodResult({m: np.zeros((*fixed.shape, 3), np.float32) for m in moving})
 
-    monkeypatch.setattr("inference.pipeline.make_method", lambda *args, **kwargs: Broken())
+    monkeypatch.setattr("remind2reg.inference.pipeline.make_method", lambda *args, **kwargs: Broken())
     assert register(three_cases, tmp_path / "out") == EXIT_FAILURE
     assert "Case 0003 failed: RuntimeError: solver diverged" in caplog.text
     assert "Traceback" in caplog.text  # not an input error: could be a bug, so the traceback is kept
@@ -221,7 +221,9 @@ def test_cuda_out_of_memory_retries_the_case_on_the_cpu(three_cases, tmp_path, c
     (three_cases / "imagesTr" / "ReMIND2Reg_0002_0000.nii.gz").unlink()
     make_case_files(three_cases, "0002", SHAPE, VOX2WORLD, modalities=("0000",))
     _GreedyMethod.built = []
-    monkeypatch.setattr("inference.pipeline.make_method", lambda name, config, device: _GreedyMethod(device))
+    monkeypatch.setattr(
+        "remind2reg.inference.pipeline.make_method", lambda name, config, device: _GreedyMethod(device)
+    )
     out = tmp_path / "out"
     summary = register_folder(three_cases, out, method="greedy", device="cuda", progress=False)
     assert summary.ok and len(summary.records) == 3

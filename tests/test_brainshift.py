@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from evaluation.metrics import folding_percent, jacobian_determinant
-from inference.geometry import apply_affine
-from synthesis.brainshift import (
+from remind2reg.evaluation.metrics import folding_percent, jacobian_determinant
+from remind2reg.inference.geometry import apply_affine
+from remind2reg.synthesis.brainshift import (
     BrainShiftParams,
     CoarseGrid,
     nonrigid_displacement_coarse,
@@ -15,6 +14,7 @@ from synthesis.brainshift import (
     scaling_and_squaring,
     upsample,
 )
+
 from tests.conftest import oblique_vox2world
 
 

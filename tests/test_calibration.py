@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
-from synthesis.calibration import (
+from remind2reg.synthesis.calibration import (
     UsStatistics,
     autocorrelation_fwhm,
     estimate_beam_axis,
@@ -18,7 +16,8 @@ from synthesis.calibration import (
     statistics_table,
     us_statistics,
 )
-from synthesis.ultrasound import Sector, sector_mask
+from remind2reg.synthesis.ultrasound import Sector, sector_mask
+from scipy import ndimage
 
 SHARED_DATA = Path(
     os.environ.get("REMIND2REG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -8,12 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from remind2reg.inference.errors import EXIT_INPUT, EXIT_OK
+from remind2reg.inference.geometry import affine_displacement, apply_affine
+from remind2reg.inference.io.displacement import write_displacement
+from remind2reg.inference.io.landmarks import write_landmarks_csv
 from scipy.spatial.transform import Rotation
 
-from inference.errors import EXIT_INPUT, EXIT_OK
-from inference.geometry import affine_displacement, apply_affine
-from inference.io.displacement import write_displacement
-from inference.io.landmarks import write_landmarks_csv
 from remind2reg.cli import main
 from tests.conftest import make_case_files, oblique_vox2world
 
@@ -94,7 +94,7 @@ def test_evaluate_known_field_gives_zero_tre(dataset, tmp_path):
     pred = tmp_path / "pred"
     for name in ("disp_0001_0000_0001_0001", "disp_0001_0000_0001_0002", "disp_0002_0000_0002_0001"):
         write_displacement(pred / f"{name}.nii.gz", truth, vox2world)
-    from evaluation.evaluate import evaluate
+    from remind2reg.evaluation.evaluate import evaluate
 
     report = evaluate(root, pred)
     assert max(p.tre for p in report.pairs) < 1e-3
@@ -133,7 +133,7 @@ def test_register_empty_input_is_a_clear_error(tmp_path, caplog):
 
 def test_register_resamples_a_moving_image_on_another_grid(dataset, tmp_path, caplog):
     root = dataset[0]
-    from inference.io.nifti import write_image
+    from remind2reg.inference.io.nifti import write_image
 
     other = oblique_vox2world(spacing=(0.6, 0.6, 0.6), angles_deg=(10, 0, 0))
     moving = np.random.default_rng(1).random((20, 20, 20))
@@ -165,8 +165,7 @@ def test_register_convex_adam_writes_fold_free_fields_and_stage_timings(dataset,
     ]
     assert main(args) == EXIT_OK
     import nibabel as nib
-
-    from evaluation.metrics import folding_percent, jacobian_determinant
+    from remind2reg.evaluation.metrics import folding_percent, jacobian_determinant
 
     for name in (
         "disp_0001_0000_0001_0001.nii.gz",

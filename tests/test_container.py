@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+from remind2reg.evaluation.pack import pack_submission
+from remind2reg.inference.errors import EXIT_INPUT, InputError
+from remind2reg.inference.io.nifti import write_image
 
-from evaluation.pack import pack_submission
-from inference.errors import EXIT_INPUT, InputError
-from inference.io.nifti import write_image
 from tests.conftest import REPO, make_case_files, oblique_vox2world
 
 DOCKERFILE = REPO / "Dockerfile"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from remind2reg.inference.config import AffineStageSettings, RegistrationConfig
+from remind2reg.inference.deformable.instance import AdamSettings
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
 from scipy import ndimage
 
-from inference.config import AffineStageSettings, RegistrationConfig
-from inference.deformable.instance import AdamSettings
-from inference.io.nifti import Image
-from inference.methods.convex_adam import ConvexAdamMethod
 from tests.conftest import oblique_vox2world
 
 SHAPE = (80, 72, 64)  # 0.5 mm voxels, non-cubic
@@ -45,8 +45,7 @@ def test_recovers_a_known_smooth_displacement_through_the_working_grid():
 
 def test_embed_maps_working_voxels_to_full_voxels_exactly():
     import torch
-
-    from inference.methods.convex_adam import WorkingGrid, embed
+    from remind2reg.inference.methods.convex_adam import WorkingGrid, embed
 
     grid = WorkingGrid(lo=(4, 2, 0), factor=2, shape=(10, 8, 6), full_shape=(30, 22, 14))
     ramp = torch.zeros(1, 3, *grid.shape)
@@ -62,9 +61,8 @@ def test_embed_maps_working_voxels_to_full_voxels_exactly():
 
 
 def _rotation_about_centre(vox2world, shape, angles_deg, shift_mm) -> np.ndarray:
+    from remind2reg.inference.geometry import apply_affine
     from scipy.spatial.transform import Rotation
-
-    from inference.geometry import apply_affine
 
     centre = apply_affine(vox2world, (np.array(shape) - 1) / 2)
     m = np.eye(4)
@@ -78,7 +76,7 @@ def test_affine_stage_then_deformable_composes_to_the_known_transform(deformable
     """A known rigid transform (6 degrees, 4 mm) on a 0.5 mm oblique grid, recovered by the block
     matcher alone and by block matching + the deformable stage: the written field is the
     composition ``A (x + d(x))`` and matches ``affine_displacement(truth)`` in the sector."""
-    from inference.geometry import affine_displacement, resample_to_grid, voxel_spacing
+    from remind2reg.inference.geometry import affine_displacement, resample_to_grid, voxel_spacing
 
     rng = np.random.default_rng(1)
     vox2world = oblique_vox2world(spacing=(0.5, 0.5, 0.5))
@@ -107,10 +105,9 @@ def test_refinement_stage_runs_inside_the_method_and_stays_fold_free(tmp_path):
     """``[refine] enabled`` with a (random, small) network: the stage runs after Adam, its
     info is recorded, and the written field is finite and fold-free (SVF residual, composed)."""
     import torch
-
-    from evaluation.metrics import jacobian_determinant
-    from inference.refinement.model import NetConfig, RefinerNet, save_weights
-    from inference.refinement.stage import RefineSettings
+    from remind2reg.evaluation.metrics import jacobian_determinant
+    from remind2reg.inference.refinement.model import NetConfig, RefinerNet, save_weights
+    from remind2reg.inference.refinement.stage import RefineSettings
 
     torch.manual_seed(0)
     weights = save_weights(RefinerNet(NetConfig(encoder=(4, 8, 8), decoder=(8,), final=4)), tmp_path / "w.pt")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-
-from inference.geometry import (
+from remind2reg.inference.geometry import (
     affine_displacement,
     apply_affine,
     compose_affine_displacement,
@@ -16,6 +14,8 @@ from inference.geometry import (
     voxel_to_world_displacement,
     world_to_voxel_displacement,
 )
+from scipy import ndimage
+
 from tests.conftest import oblique_vox2world
 
 

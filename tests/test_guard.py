@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.deformable.fields import warp
+from remind2reg.inference.deformable.guard import normalised_mutual_information
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid
 from scipy import ndimage
-
-from inference.config import RegistrationConfig
-from inference.deformable.fields import warp
-from inference.deformable.guard import normalised_mutual_information
-from inference.io.nifti import Image
-from inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid
 
 
 def _volume(seed: int, shape=(40, 44, 36)) -> np.ndarray:

@@ -9,12 +9,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.dataset import RegistrationPair, find_pairs, landmark_path
+from remind2reg.inference.io.displacement import read_displacement, write_displacement
+from remind2reg.inference.io.landmarks import read_landmarks_csv, read_tag_file, write_landmarks_csv
+from remind2reg.inference.io.nifti import read_image, write_image
 
-from inference.errors import InputError
-from inference.io.dataset import RegistrationPair, find_pairs, landmark_path
-from inference.io.displacement import read_displacement, write_displacement
-from inference.io.landmarks import read_landmarks_csv, read_tag_file, write_landmarks_csv
-from inference.io.nifti import read_image, write_image
 from tests.conftest import make_case_files, oblique_vox2world
 
 SHAPE = (6, 7, 5)

@@ -7,19 +7,19 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
-from scipy.spatial.transform import Rotation
-
-from inference.affine.binaries import niftyreg_executable
-from inference.affine.niftyreg import (
+from remind2reg.inference.affine.binaries import niftyreg_executable
+from remind2reg.inference.affine.niftyreg import (
     AladinSettings,
     downsample,
     read_aladin_matrix,
     run_aladin,
     write_aladin_matrix,
 )
-from inference.geometry import apply_affine, identity_grid, resample_to_grid
-from inference.io.nifti import Image, write_image
+from remind2reg.inference.geometry import apply_affine, identity_grid, resample_to_grid
+from remind2reg.inference.io.nifti import Image, write_image
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
 from tests.conftest import oblique_vox2world
 
 FIXED_SHAPE = (56, 60, 48)

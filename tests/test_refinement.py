@@ -12,11 +12,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from evaluation.metrics import jacobian_determinant
-from inference.deformable.fields import compose, identity_voxels, warp
-from inference.errors import InputError
-from inference.refinement.model import (
+from remind2reg.evaluation.metrics import jacobian_determinant
+from remind2reg.inference.deformable.fields import compose, identity_voxels, warp
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.refinement.model import (
     DEFAULT_WEIGHTS_NAME,
     REPO_ROOT,
     NetConfig,
@@ -26,11 +25,17 @@ from inference.refinement.model import (
     normalise,
     save_weights,
 )
-from inference.refinement.stage import RefineSettings, TTOLoss, jacobian_det, optimise_residual, refine
-from training.deform import random_deformation
-from training.intensity import gaussian_blur, mr_image, us_image
-from training.labels import one_hot, random_label_maps
-from training.train import (
+from remind2reg.inference.refinement.stage import (
+    RefineSettings,
+    TTOLoss,
+    jacobian_det,
+    optimise_residual,
+    refine,
+)
+from remind2reg.training.deform import random_deformation
+from remind2reg.training.intensity import gaussian_blur, mr_image, us_image
+from remind2reg.training.labels import one_hot, random_label_maps
+from remind2reg.training.train import (
     CHECKPOINT,
     NETS,
     TrainConfig,

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from remind2reg.evaluation.evaluate import evaluate
+from remind2reg.evaluation.metrics import jacobian_determinant
+from remind2reg.evaluation.report import Crop, build_report, det_j_plane
+from remind2reg.inference.errors import EXIT_FAILURE, EXIT_INPUT
+from remind2reg.inference.io.displacement import write_displacement
+from remind2reg.inference.io.landmarks import write_landmarks_csv
+from remind2reg.inference.io.nifti import write_image
 from scipy import ndimage
 
-from evaluation.evaluate import evaluate
-from evaluation.metrics import jacobian_determinant
-from evaluation.report import Crop, build_report, det_j_plane
-from inference.errors import EXIT_FAILURE, EXIT_INPUT
-from inference.io.displacement import write_displacement
-from inference.io.landmarks import write_landmarks_csv
-from inference.io.nifti import write_image
 from remind2reg.cli import main
 
 SHAPE = (40, 40, 40)

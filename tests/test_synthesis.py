@@ -7,14 +7,18 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from remind2reg.evaluation.evaluate import evaluate
+from remind2reg.evaluation.metrics import folding_percent, jacobian_determinant
+from remind2reg.inference.io.dataset import find_pairs
+from remind2reg.synthesis import labels as L
+from remind2reg.synthesis.generate import (
+    SynthConfig,
+    generate_dataset,
+    random_orientation,
+    rigid_fit_residual,
+)
+from remind2reg.synthesis.landmarks import pick_landmarks
 from scipy import ndimage
-
-from evaluation.evaluate import evaluate
-from evaluation.metrics import folding_percent, jacobian_determinant
-from inference.io.dataset import find_pairs
-from synthesis import labels as L
-from synthesis.generate import SynthConfig, generate_dataset, random_orientation, rigid_fit_residual
-from synthesis.landmarks import pick_landmarks
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,7 @@ def test_pick_landmarks_respects_mask_and_separation():
 @pytest.mark.shared_data
 @pytest.mark.parametrize("subject", ["AURORA", "BraTS-GLI-00001-000"])
 def test_shared_subjects_have_their_lesion_at_the_seed(shared_data, subject):
-    from synthesis.sources import SHARED_SUBJECTS, load_shared
+    from remind2reg.synthesis.sources import SHARED_SUBJECTS, load_shared
 
     brain = load_shared(shared_data, subject)
     lesion = np.argwhere(brain.labels == L.TUMOUR)

@@ -6,10 +6,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy import ndimage, stats
-
-from synthesis import labels as L
-from synthesis.ultrasound import (
+from remind2reg.synthesis import labels as L
+from remind2reg.synthesis.ultrasound import (
     SECTOR_RANGES,
     Sector,
     UltrasoundParams,
@@ -20,6 +18,7 @@ from synthesis.ultrasound import (
     sector_bbox,
     sector_mask,
 )
+from scipy import ndimage, stats
 
 N = 64
 SP = 0.5

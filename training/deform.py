@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from inference.refinement.model import integrate
+from remind2reg.inference.refinement.model import integrate
 
 
 def upsampled_noise(

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from inference.deformable.fields import identity_voxels
-from inference.features.mind import separable_filter
-from training.deform import upsampled_noise
-from training.labels import one_hot
+from remind2reg.inference.deformable.fields import identity_voxels
+from remind2reg.inference.features.mind import separable_filter
+from remind2reg.training.deform import upsampled_noise
+from remind2reg.training.labels import one_hot
 
 
 @dataclass(frozen=True)

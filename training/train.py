@@ -35,11 +35,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
-from inference.deformable.fields import diffusion_penalty, warp
-from inference.refinement.model import (
+from remind2reg.inference.deformable.fields import diffusion_penalty, warp
+from remind2reg.inference.refinement.model import (
     NetConfig,
     RefinerNet,
     count_parameters,
@@ -47,9 +44,11 @@ from inference.refinement.model import (
     normalise,
     save_weights,
 )
-from training.deform import random_deformation
-from training.intensity import MRRecipe, USRecipe, gaussian_blur, mr_image, us_image
-from training.labels import one_hot, random_label_maps
+from remind2reg.training.deform import random_deformation
+from remind2reg.training.intensity import MRRecipe, USRecipe, gaussian_blur, mr_image, us_image
+from remind2reg.training.labels import one_hot, random_label_maps
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

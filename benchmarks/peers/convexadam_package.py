@@ -53,17 +53,13 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from remind2reg.inference.geometry import resample_to_grid, same_grid
+from remind2reg.inference.io.atomic import write_text_atomic
+from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
+from remind2reg.inference.io.displacement import write_displacement
+from remind2reg.inference.io.nifti import Image, read_image
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
-
-from inference.geometry import resample_to_grid, same_grid  # noqa: E402
-from inference.io.atomic import write_text_atomic  # noqa: E402
-from inference.io.dataset import RegistrationPair, find_pairs  # noqa: E402
-from inference.io.displacement import write_displacement  # noqa: E402
-from inference.io.nifti import Image, read_image  # noqa: E402
-
 log = logging.getLogger("convexadam_package")
 
 PACKAGE_VERSION = "0.2.0"

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-
-from inference.deformable.convex import cost_volume, displacement_offsets, pool
-from inference.deformable.fields import affine_field, warp
-from inference.geometry import apply_affine
+from remind2reg.inference.deformable.convex import cost_volume, displacement_offsets, pool
+from remind2reg.inference.deformable.fields import affine_field, warp
+from remind2reg.inference.geometry import apply_affine
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-
-from inference.affine.binaries import niftyreg_executable
-from inference.errors import Remind2RegError
-from inference.io.nifti import Image, write_image
+from remind2reg.inference.affine.binaries import niftyreg_executable
+from remind2reg.inference.errors import Remind2RegError
+from remind2reg.inference.io.nifti import Image, write_image
 
 log = logging.getLogger(__name__)
 

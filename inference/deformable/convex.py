@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from inference.deformable.fields import box_smooth, warp
+from remind2reg.inference.deformable.fields import box_smooth, warp
 
 
 def pool(

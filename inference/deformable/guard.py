@@ -9,8 +9,7 @@ over the zero field, the registration is not trusted and the input alignment is 
 from __future__ import annotations
 
 import torch
-
-from inference.deformable.fields import warp
+from remind2reg.inference.deformable.fields import warp
 
 
 def normalised_mutual_information(

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from inference.deformable.convex import pool
-from inference.deformable.fields import (
+from remind2reg.inference.deformable.convex import pool
+from remind2reg.inference.deformable.fields import (
     box_smooth,
     diffusion_penalty,
     pool_cells,

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.errors import InputError
-from inference.io.nifti import read_header
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.nifti import read_header
 
 log = logging.getLogger(__name__)
 

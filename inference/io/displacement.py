@@ -12,9 +12,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
-
-from inference.errors import InputError
-from inference.io.nifti import write_image
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.nifti import write_image
 
 # Written beside the fields by `remind2reg register`: seconds per output file and per stage.
 TIMINGS_FILE = "timings.json"

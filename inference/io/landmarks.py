@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-
-from inference.errors import InputError
-from inference.io.atomic import write_text_atomic
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.atomic import write_text_atomic
 
 
 def read_landmarks_csv(path: str | Path, case: str | None = None) -> NDArray[np.float64]:

@@ -8,10 +8,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
-
-from inference.errors import InputError
-from inference.geometry import voxel_spacing
-from inference.io.atomic import atomic_path
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.geometry import voxel_spacing
+from remind2reg.inference.io.atomic import atomic_path
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-
-from inference.io.nifti import Image
+from remind2reg.inference.io.nifti import Image
 
 
 @dataclass

@@ -28,12 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from scipy import ndimage
-
-from inference.affine.blockmatch import block_match
-from inference.config import RegistrationConfig
-from inference.deformable.convex import cost_volume, coupled_convex, inverse_consistent, pool
-from inference.deformable.fields import (
+from remind2reg.inference.affine.blockmatch import block_match
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.deformable.convex import cost_volume, coupled_convex, inverse_consistent, pool
+from remind2reg.inference.deformable.fields import (
     affine_after_field,
     affine_field,
     compose,
@@ -42,13 +40,14 @@ from inference.deformable.fields import (
     upsample_cells,
     warp,
 )
-from inference.deformable.guard import check_against_identity
-from inference.deformable.instance import instance_optimise
-from inference.errors import InputError
-from inference.features.mind import mind_ssc
-from inference.geometry import compose_affine_displacement
-from inference.io.nifti import Image
-from inference.methods.base import MethodResult
+from remind2reg.inference.deformable.guard import check_against_identity
+from remind2reg.inference.deformable.instance import instance_optimise
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.features.mind import mind_ssc
+from remind2reg.inference.geometry import compose_affine_displacement
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.methods.base import MethodResult
+from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +248,7 @@ class ConvexAdamMethod:
                 )
                 matrix = result.fixed2moving_world
             else:  # niftyreg: reg_aladin on the first sequence of the group
-                from inference.affine.niftyreg import AladinSettings, run_aladin
+                from remind2reg.inference.affine.niftyreg import AladinSettings, run_aladin
 
                 settings = AladinSettings(rigid_only=cfg.transform == "rigid")
                 matrix = run_aladin(fixed, moving[mods[0]], mask, settings).fixed2moving_world
@@ -290,7 +289,7 @@ class ConvexAdamMethod:
     def refine(self, images: WorkingImages, working: dict, notes: dict) -> dict[str, torch.Tensor]:
         """Learned refinement of each working field (a shared field: on the first sequence,
         ceT1 when present, and shared again)."""
-        from inference.refinement.stage import refine
+        from remind2reg.inference.refinement.stage import refine
 
         out: dict[int, torch.Tensor] = {}
         for mod, disp in working.items():

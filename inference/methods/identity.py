@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from inference.io.nifti import Image
-from inference.methods.base import MethodResult
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.methods.base import MethodResult
 
 
 class IdentityMethod:

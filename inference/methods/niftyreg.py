@@ -9,12 +9,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from inference.affine.niftyreg import AladinSettings, run_aladin
-from inference.geometry import affine_displacement
-from inference.io.nifti import Image
-from inference.methods.base import MethodResult
-from inference.methods.convex_adam import sector_mask
+from remind2reg.inference.affine.niftyreg import AladinSettings, run_aladin
+from remind2reg.inference.geometry import affine_displacement
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.methods.base import MethodResult
+from remind2reg.inference.methods.convex_adam import sector_mask
 
 
 class NiftyRegMethod:

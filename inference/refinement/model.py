@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from remind2reg.inference.deformable.fields import resize_field, scaling_and_squaring
+from remind2reg.inference.errors import InputError
 from torch import nn
-
-from inference.deformable.fields import resize_field, scaling_and_squaring
-from inference.errors import InputError
 
 log = logging.getLogger(__name__)
 

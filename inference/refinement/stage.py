@@ -20,7 +20,7 @@ FIXED (US) to MOVING (MR): ``warped(x) = moving(x + u(x))``.
 
 Example (after convex + Adam, before the guard)::
 
-    from inference.refinement.stage import RefineSettings, refine
+    from remind2reg.inference.refinement.stage import RefineSettings, refine
 
     settings = RefineSettings(enabled=True, tto_steps=0)
     disp, info = refine(images.us, images.mr["0001"], images.mask, disp, settings)
@@ -36,10 +36,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-
-from inference.deformable.fields import compose, diffusion_penalty, warp
-from inference.features.mind import box_filter, mind_ssc
-from inference.refinement.model import RefinerNet, default_weights_path, load_weights, normalise
+from remind2reg.inference.deformable.fields import compose, diffusion_penalty, warp
+from remind2reg.inference.features.mind import box_filter, mind_ssc
+from remind2reg.inference.refinement.model import RefinerNet, default_weights_path, load_weights, normalise
 
 log = logging.getLogger(__name__)
 
