@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+from remind2reg.inference.core.pointfit import rigid_fit_residual
 from remind2reg.inference.io.landmarks import read_tag_file
-from remind2reg.synthesis.generate import rigid_fit_residual
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TAGS = REPO.parent / "shared" / "data" / "resect_tags"

@@ -406,7 +406,7 @@ def report_pair(
     pair: RegistrationPair, pred_dir: Path, data_root: Path, out_dir: Path, qc: PairQC, runtime: float | None
 ) -> None:
     """Draw one pair into ``out_dir`` and fill ``qc``; raises on invalid inputs."""
-    from remind2reg.inference.methods.convex_adam import sector_mask  # torch: imported only when drawing
+    from remind2reg.inference.core.sector import sector_mask
     from remind2reg.inference.pipeline import load_fixed, load_moving
 
     fixed = load_fixed(pair)

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from remind2reg.inference.core.sector import sector_mask
 from scipy import ndimage, stats
 
 QUANTILES: tuple[float, ...] = (5.0, 25.0, 50.0, 75.0, 95.0)
@@ -55,13 +56,6 @@ class UsStatistics:
     opening_deg: tuple[float, float]  # estimated full opening angles (two lateral axes)
     bbox_fill: float  # sector voxels / voxels of its axis-aligned bounding box
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def sector_mask_from_volume(volume: np.ndarray) -> np.ndarray:
-    """Boolean field-of-view mask: non-zero voxels, closed (2 iterations) and hole-filled."""
-    mask = np.asarray(volume) > 0
-    mask = ndimage.binary_closing(mask, iterations=2, border_value=0) | mask
-    return ndimage.binary_fill_holes(mask)
 
 
 def _principal_axes(coords: np.ndarray) -> np.ndarray:
@@ -209,7 +203,7 @@ def us_statistics(
     share of the sector that was left out.
     """
     vol = np.asarray(volume, dtype=np.float32)
-    mask = sector_mask_from_volume(vol)
+    mask = sector_mask(vol)
     coords = np.argwhere(mask).astype(np.float64)
     axis, frame = estimate_beam_axis(mask)
     depth, opening = _opening_angles(coords, frame, spacing_mm)
@@ -337,7 +331,6 @@ __all__ = [
     "autocorrelation_fwhm",
     "estimate_beam_axis",
     "resect_statistics",
-    "sector_mask_from_volume",
     "statistics_table",
     "us_statistics",
 ]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from remind2reg.evaluation.metrics import sample_displacement
+from remind2reg.inference.core.pointfit import rigid_fit_residual
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.geometry import apply_affine, compose_affine_displacement
 from remind2reg.inference.io.atomic import write_text_atomic
@@ -385,17 +386,6 @@ def place_landmarks(
         image, allowed, spacing_mm, config.n_landmarks, rng, config.min_landmark_separation_mm
     )
     return picks + np.array([s.start for s in bbox], dtype=np.float64)
-
-
-def rigid_fit_residual(fixed_mm: NDArray, moving_mm: NDArray) -> float:
-    """Mean distance left after the least-squares rigid fit of fixed to moving points (Kabsch)."""
-    fc, mc = fixed_mm.mean(0), moving_mm.mean(0)
-    h = (fixed_mm - fc).T @ (moving_mm - mc)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    fitted = (fixed_mm - fc) @ rot.T + mc
-    return float(np.linalg.norm(fitted - moving_mm, axis=1).mean())
 
 
 # --------------------------------------------------------------------------------------------

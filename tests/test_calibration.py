@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from remind2reg.inference.core.sector import sector_mask as sector_mask_from_volume
 from remind2reg.synthesis.calibration import (
     UsStatistics,
     autocorrelation_fwhm,
     estimate_beam_axis,
     resect_statistics,
-    sector_mask_from_volume,
     statistics_table,
     us_statistics,
 )

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from remind2reg.evaluation.evaluate import evaluate
 from remind2reg.evaluation.metrics import folding_percent, jacobian_determinant
+from remind2reg.inference.core.pointfit import rigid_fit_residual
 from remind2reg.inference.io.dataset import find_pairs
 from remind2reg.synthesis import labels as L
 from remind2reg.synthesis.generate import (
     SynthConfig,
     generate_dataset,
     random_orientation,
-    rigid_fit_residual,
 )
 from remind2reg.synthesis.landmarks import pick_landmarks
 from scipy import ndimage

@@ -22,20 +22,20 @@ Levels run coarse to fine, a few iterations each. The result is
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
+from remind2reg.inference.core.pointfit import FIT_KINDS, lts_fit
 from remind2reg.inference.deformable.convex import cost_volume, displacement_offsets, pool
 from remind2reg.inference.deformable.fields import affine_field, warp
 from remind2reg.inference.geometry import apply_affine
 
 log = logging.getLogger(__name__)
 
-TRANSFORMS = ("rigid", "affine")
+TRANSFORMS = FIT_KINDS
 MIN_MATCHES = 8  # fewer matches than this end the search (a rigid fit needs 3, an affine 4)
 
 
@@ -62,72 +62,6 @@ class BlockMatchSettings:
             raise ValueError("blockmatch.inlier_fraction and block_fraction must be in (0, 1]")
         if not self.levels:
             raise ValueError("blockmatch.levels must not be empty")
-
-
-# ----------------------------------------------------------------------------- point fits
-
-
-def fit_rigid(src: NDArray, dst: NDArray) -> NDArray[np.float64]:
-    """The rotation + translation ``T`` (4x4) minimising ``sum |T src - dst|^2`` (Kabsch).
-
-    ``src``, ``dst``: ``(N, 3)`` corresponding points, N >= 3, not collinear.
-    """
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    cs, cd = src.mean(0), dst.mean(0)
-    u, _, vt = np.linalg.svd((src - cs).T @ (dst - cd))
-    sign = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0  # a proper rotation, no reflection
-    rotation = vt.T @ np.diag([1.0, 1.0, sign]) @ u.T
-    out = np.eye(4)
-    out[:3, :3] = rotation
-    out[:3, 3] = cd - rotation @ cs
-    return out
-
-
-def fit_affine(src: NDArray, dst: NDArray) -> NDArray[np.float64]:
-    """The affine ``T`` (4x4) minimising ``sum |T src - dst|^2`` (linear least squares), N >= 4."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    design = np.hstack([src, np.ones((len(src), 1))])  # (N, 4)
-    solution, *_ = np.linalg.lstsq(design, dst, rcond=None)  # (4, 3): dst = design @ solution
-    out = np.eye(4)
-    out[:3, :] = solution.T
-    return out
-
-
-@dataclass
-class LtsFit:
-    matrix: NDArray[np.float64]  # dst ~ matrix @ src
-    inliers: NDArray[np.bool_]
-    rms_inliers: float
-
-
-def lts_fit(
-    src: NDArray, dst: NDArray, transform: str, inlier_fraction: float = 0.5, iterations: int = 20
-) -> LtsFit:
-    """Least-trimmed-squares fit of ``dst ~ T src`` (the concentration steps of FAST-LTS).
-
-    Starting from all points, refit on the ``h = ceil(inlier_fraction * N)`` points with the
-    smallest residuals until that set no longer changes. With fewer than ``N - h`` gross
-    outliers the fit is that of the inliers alone (as long as the first all-point fit
-    already ranks most inliers first, which holds for moderate outlier fractions).
-    """
-    fit = fit_rigid if transform == "rigid" else fit_affine
-    n = len(src)
-    minimum = 3 if transform == "rigid" else 4
-    if n < minimum:
-        raise ValueError(f"{transform} fit needs at least {minimum} matches, got {n}")
-    h = max(minimum, math.ceil(inlier_fraction * n))
-    keep = np.ones(n, dtype=bool)
-    matrix = fit(src, dst)
-    for _ in range(iterations):
-        residual = np.linalg.norm(apply_affine(matrix, src) - dst, axis=1)
-        new = np.zeros(n, dtype=bool)
-        new[np.argsort(residual, kind="stable")[:h]] = True
-        if np.array_equal(new, keep):
-            break
-        keep = new
-        matrix = fit(src[keep], dst[keep])
-    residual = np.linalg.norm(apply_affine(matrix, src[keep]) - dst[keep], axis=1)
-    return LtsFit(matrix, keep, float(np.sqrt((residual**2).mean())))
 
 
 # ----------------------------------------------------------------------------- matching

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from remind2reg.inference.affine.blockmatch import block_match
 from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.deformable.convex import cost_volume, coupled_convex, inverse_consistent, pool
 from remind2reg.inference.deformable.fields import (
     affine_after_field,
@@ -47,7 +48,6 @@ from remind2reg.inference.features.mind import mind_ssc
 from remind2reg.inference.geometry import compose_affine_displacement
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.base import MethodResult
-from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,6 @@ class WorkingGrid:
         """``(1, 1, *shape)`` tensor: the crop averaged over factor^3 blocks."""
         t = torch.from_numpy(self.crop(array))[None, None].to(device)
         return F.avg_pool3d(t, self.factor) if self.factor > 1 else t
-
-
-def sector_mask(us: NDArray) -> NDArray[np.bool_]:
-    """The US field of view: non-zero voxels, closed and hole-filled (speckle has zeros)."""
-    mask = us > 0
-    if not mask.any():
-        return mask
-    # Pad first: a closing treats the outside as background and would erode a sector that
-    # touches the volume border.
-    closed = ndimage.binary_closing(np.pad(mask, 2), iterations=2)[2:-2, 2:-2, 2:-2]
-    return ndimage.binary_fill_holes(closed)
 
 
 def working_grid(mask: NDArray[np.bool_], spacing_mm: float, config: RegistrationConfig) -> WorkingGrid:

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 from remind2reg.inference.affine.niftyreg import AladinSettings, run_aladin
+from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import affine_displacement
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.base import MethodResult
-from remind2reg.inference.methods.convex_adam import sector_mask
 
 
 class NiftyRegMethod:
