@@ -25,16 +25,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
+from scipy import ndimage
+
 from remind2reg.evaluation.metrics import sample_displacement, target_registration_error
 from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import voxel_spacing
 from remind2reg.inference.io.dataset import find_pairs, landmark_path
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.landmarks import read_landmarks_csv
 from remind2reg.inference.io.nifti import Image, read_image
-from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, sector_mask
-from scipy import ndimage
+from remind2reg.inference.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,17 +44,6 @@ def warped_by_truth(moving: Image, truth_vox: np.ndarray) -> Image:
     """``moving(x + u_true(x))`` on the fixed grid (trilinear): the perfectly aligned MR."""
     coords = np.indices(truth_vox.shape[:3], dtype=np.float32) + np.moveaxis(truth_vox, -1, 0)
     return Image(ndimage.map_coordinates(moving.array, coords, order=1).astype(np.float32), moving.vox2world)
-
-
-class WithoutCavity(ConvexAdamMethod):
-    """The method with the true cavity (+ rim) removed from its sector mask (oracle)."""
-
-    def __init__(self, config: RegistrationConfig, cavity: NDArray[np.bool_]):
-        super().__init__(config)
-        self.cavity = cavity
-
-    def sector(self, fixed: Image) -> NDArray[np.bool_]:
-        return super().sector(fixed) & ~self.cavity
 
 
 def main() -> None:
@@ -110,12 +100,12 @@ def main() -> None:
             mr = moving.get("0001", next(iter(moving.values())))
             inside = sector_mask(fixed.array)  # the method's own sector (no speckle holes)
             fixed = Image(np.where(inside, mr.array, 0).astype(np.float32), fixed.vox2world)
-        method = ConvexAdamMethod(config)
-        if args.exclude_cavity:
+        mask = None
+        if args.exclude_cavity:  # oracle: the true cavity (+ rim) removed from the sector mask
             labels = read_image(args.data / "groundtruth" / f"labels_{case}_0000.nii.gz", case).array
             rim = round(args.rim_mm / float(np.mean(fixed.spacing)))
-            method = WithoutCavity(config, ndimage.binary_dilation(labels == 6, iterations=rim))
-        result = method(fixed, moving)
+            mask = sector_mask(fixed.array) & ~ndimage.binary_dilation(labels == 6, iterations=rim)
+        result = run_pipeline(fixed, moving, config, sector_mask=mask)
         landmarks = read_landmarks_csv(landmark_path(group[0].fixed))
         spacing = voxel_spacing(fixed.vox2world)
         for mod, field in result.fields.items():

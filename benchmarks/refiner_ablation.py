@@ -24,10 +24,12 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
 from remind2reg.evaluation.metrics import (
     folding_percent,
     jacobian_determinant,
@@ -38,8 +40,16 @@ from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.io.dataset import find_pairs, landmark_path
 from remind2reg.inference.io.landmarks import read_landmarks_csv
 from remind2reg.inference.io.nifti import read_image
-from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, embed, sector_mask, working_grid
-from remind2reg.inference.refinement.stage import RefineSettings, load_refiner, refine
+from remind2reg.inference.refinement.tto import load_refiner
+from remind2reg.inference.settings import RefineSettings
+from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse
+from remind2reg.inference.stages.embedding import embed
+from remind2reg.inference.stages.features import extract_features
+from remind2reg.inference.stages.global_alignment import header_alignment
+from remind2reg.inference.stages.guard import guard
+from remind2reg.inference.stages.refinement import refine
+from remind2reg.inference.stages.sector import find_sector
+from remind2reg.inference.stages.transforms import sequence_groups
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("refiner_ablation")
@@ -56,18 +66,19 @@ def variants(tto_steps: int) -> dict[str, RefineSettings | None]:
     }
 
 
-def run_case(method: ConvexAdamMethod, case_pairs: list, data: Path, tto_steps: int) -> list[dict]:
+def run_case(config: RegistrationConfig, case_pairs: list, data: Path, tto_steps: int) -> list[dict]:
     fixed = read_image(case_pairs[0].fixed)
     moving = {p.moving_name.modality: read_image(p.moving) for p in case_pairs}
-    mask = sector_mask(fixed.array)
-    grid = working_grid(mask, float(np.mean(fixed.spacing)), method.config)
+    sector = find_sector(fixed, config.working_spacing_mm, config.crop_margin_mm)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        images = method.features(fixed, moving, grid, mask)
-    mods = list(images.mr_features)
-    disp = method.deformable(images, {})[mods[0]]  # joint fusion: one field shared by the sequences
+    case = extract_features(fixed, moving, sector, config.mind, torch.device("cpu"))
+    aligned = header_alignment(case, sequence_groups(tuple(moving), config.fusion))
+    mask = case.images.mask
+    estimates = convex_estimates(case.features, mask, aligned.alignments, config.fusion, config.convex)
+    estimates = adam_estimates(case.features, mask, estimates, config.adam)
+    (base,) = fuse(aligned.alignments, estimates, config.fusion)  # joint fusion: one field for the case
     base_s = time.perf_counter() - t0
-    ref_mod = "0001" if "0001" in images.mr else mods[0]
+    ref_mod = base.modalities[0]  # ceT1 when present, as in the pipeline
     # Landmarks (voxels of each image) and the initial TRE do not depend on the variant.
     landmarks = []
     for pair in case_pairs:
@@ -80,13 +91,15 @@ def run_case(method: ConvexAdamMethod, case_pairs: list, data: Path, tto_steps: 
     for name, settings in variants(tto_steps).items():
         t = time.perf_counter()
         info: dict = {}
-        field = disp
+        field = base.disp
         if settings is not None:
-            field, info = refine(images.us, images.mr_aligned(ref_mod), images.mask, disp, settings)
+            field, info = refine(case.images.us, case.images.mr[ref_mod], mask, base.disp, settings)
         extra_s = time.perf_counter() - t
-        notes: dict = {}
-        working, _ = method.guard(images, dict.fromkeys(mods, field), {}, notes, case=case_pairs[0].case)
-        full = embed(working[mods[0]], grid)  # (I, J, K, 3), full fixed-grid voxels, US -> MR
+        checked = guard(case.images, (replace(base, disp=field),), case=case_pairs[0].case)
+        notes = checked.notes()
+        full = embed(
+            checked.transforms[0].disp, sector.grid
+        )  # (I, J, K, 3), full fixed-grid voxels, US -> MR
         jac = jacobian_determinant(full)  # one field for every pair of the case
         for pair, fix_lms, mov_lms, spacing, tre_initial in landmarks:
             tre = target_registration_error(fix_lms, mov_lms, full, spacing)
@@ -149,14 +162,13 @@ def main() -> int:
     config = RegistrationConfig()
     if config.affine.method != "none":
         raise SystemExit("this ablation assumes the default config (no affine stage)")
-    method = ConvexAdamMethod(config, device="cpu")
     by_case: dict[str, list] = {}
     for pair in find_pairs(args.data):
         by_case.setdefault(pair.case, []).append(pair)
     cases = sorted(by_case)[: args.max_cases]
     rows: list[dict] = []
     for case in cases:
-        rows += run_case(method, by_case[case], args.data, args.tto_steps)
+        rows += run_case(config, by_case[case], args.data, args.tto_steps)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
     print(table(rows))

@@ -27,9 +27,12 @@ import time
 from pathlib import Path
 
 import torch
+
+from remind2reg.inference.core.losses import soft_dice
 from remind2reg.inference.deformable.fields import warp
 from remind2reg.inference.refinement.model import RefinerNet
-from remind2reg.training.train import SMALL_CPU_NET, TrainConfig, make_pair, pair_loss, soft_dice
+from remind2reg.inference.settings import SMALL_CPU_NET
+from remind2reg.training.train import TrainConfig, make_pair, pair_loss
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (initialisation, loss, learning rate)

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from remind2reg.evaluation.evaluate import PairResult, evaluate
 from remind2reg.evaluation.metrics import official_aggregates
 from remind2reg.inference.io.atomic import write_text_atomic

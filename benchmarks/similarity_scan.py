@@ -23,13 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from deformable_from_truth import warped_by_truth
+from scipy import ndimage
+
 from remind2reg.inference.config import RegistrationConfig
-from remind2reg.inference.deformable.fields import warp
+from remind2reg.inference.core.fields import warp
+from remind2reg.inference.core.losses import masked_ssd
 from remind2reg.inference.io.dataset import find_pairs
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.nifti import read_image
-from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid
-from scipy import ndimage
+from remind2reg.inference.stages.features import extract_features
+from remind2reg.inference.stages.sector import find_sector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,14 +44,13 @@ def translation_costs(
 
     ``us``/``mr`` are ``(1, C, D, H, W)`` features on one grid, ``mask`` ``(1, 1, D, H, W)``;
     a shift ``s`` compares ``us(x)`` with ``mr(x + s e_axis)`` (the field convention of
-    :func:`inference.deformable.fields.warp`).
+    :func:`remind2reg.inference.core.fields.warp`).
     """
     costs = []
-    for s in range(-reach, reach + 1):
+    for shift in range(-reach, reach + 1):
         disp = torch.zeros(1, 3, *us.shape[-3:])
-        disp[:, axis] = s
-        ssd = ((us - warp(mr, disp)) ** 2).mean(1, keepdim=True)
-        costs.append(float((ssd * mask).sum() / mask.sum()))
+        disp[:, axis] = shift
+        costs.append(float(masked_ssd(us, warp(mr, disp), mask)))
     return np.array(costs)
 
 
@@ -59,7 +61,8 @@ def main() -> None:
     parser.add_argument("--rims", nargs="+", type=float, default=[-1.0], help="cavity rims (mm); -1: keep it")
     parser.add_argument("--range", type=int, default=6, help="largest shift (working voxels)")
     args = parser.parse_args()
-    method = ConvexAdamMethod(RegistrationConfig())
+    config = RegistrationConfig()
+    device = torch.device("cpu")
     print("| case | cavity removed | min at (mm, axes 0 1 2) | cost(0) / cost(min) per axis |")
     print("|---|---|---|---|")
     for case in args.cases:
@@ -67,12 +70,11 @@ def main() -> None:
         fixed = read_image(pair.fixed, case)
         truth = read_displacement(args.data / "groundtruth" / pair.output_name)
         moving = {"0001": warped_by_truth(read_image(pair.moving, case), truth)}
-        mask = sector_mask(fixed.array)
-        grid = working_grid(mask, float(np.mean(fixed.spacing)), method.config)
-        with torch.no_grad():
-            images = method.features(fixed, moving, grid, mask)
+        sector = find_sector(fixed, config.working_spacing_mm, config.crop_margin_mm)
+        case_features = extract_features(fixed, moving, sector, config.mind, device)
+        images, features = case_features.images, case_features.features
         labels = read_image(args.data / "groundtruth" / f"labels_{case}_0000.nii.gz", case).array
-        spacing = method.config.working_spacing_mm
+        spacing = config.working_spacing_mm
         for rim in args.rims:
             keep = images.mask
             if rim >= 0 and (labels == 6).any():
@@ -82,13 +84,11 @@ def main() -> None:
                         cavity, iterations=round(rim / float(np.mean(fixed.spacing)))
                     )
                 # The cavity on the working grid, resampled like the sector mask in features().
-                cav = grid.to_working(cavity.astype(np.float32), method.device) > 0.5
+                cav = sector.grid.to_working(cavity.astype(np.float32), device) > 0.5
                 keep = keep * (~cav).float()
             mins, ratios = [], []
             for axis in range(3):
-                costs = translation_costs(
-                    images.us_features, images.mr_features["0001"], keep, axis, args.range
-                )
+                costs = translation_costs(features.us, features.mr["0001"], keep, axis, args.range)
                 mins.append((int(np.argmin(costs)) - args.range) * spacing)
                 ratios.append(costs[args.range] / costs.min())
             removed = (

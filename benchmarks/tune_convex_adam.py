@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from remind2reg.evaluation.metrics import (
     folding_percent,
     jacobian_determinant,

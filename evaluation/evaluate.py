@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
 from remind2reg.evaluation.metrics import (
     folding_percent,
     jacobian_determinant,
@@ -21,9 +22,10 @@ from remind2reg.evaluation.metrics import (
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.atomic import write_text_atomic
 from remind2reg.inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs, landmark_path
-from remind2reg.inference.io.displacement import TIMINGS_FILE, read_displacement
+from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.landmarks import read_landmarks_csv
 from remind2reg.inference.io.nifti import header_spacing, read_header
+from remind2reg.inference.io.timings import runtimes as read_runtimes
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,10 @@ class PairResult:
 
 @dataclass
 class EvaluationReport:
+    """The scored pairs, and the pairs that could not be scored with the reason (by pair key)."""
+
     pairs: list[PairResult]
+    failures: dict[str, str] = field(default_factory=dict)
 
     def aggregates(self) -> dict[str, dict[str, float]]:
         """Official aggregates (mean, std, 30 % quantile over pairs) of each metric."""
@@ -73,12 +78,10 @@ class EvaluationReport:
             }
             if p.runtime_s is not None:
                 cases[p.key]["runtime_s"] = {"mean": p.runtime_s, "detailed": p.runtime_s}
-        return {
-            "name": "ReMIND2Reg",
-            "aggregates": self.aggregates(),
-            "cases": cases,
-            "eval_version": "2.0",
-        }
+        out = {"name": "ReMIND2Reg", "aggregates": self.aggregates(), "cases": cases, "eval_version": "2.0"}
+        if self.failures:
+            out["failures"] = dict(self.failures)  # not scored: missing or invalid field or input
+        return out
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -113,33 +116,10 @@ class EvaluationReport:
                 f"{agg['TRE_lm']['30']:7.3f}"
             )
         lines.append("TRE0: zero field (initial alignment); TRE, TRE30 in mm; fold%: voxels with det J <= 0")
+        if self.failures:
+            lines.append(f"NOT SCORED ({len(self.failures)} pairs):")
+            lines += [f"  {key}: {message}" for key, message in self.failures.items()]
         return "\n".join(lines)
-
-
-def read_timing_entries(pred_dir: Path) -> dict[str, dict]:
-    """The per-output entries (``"pairs"``) of the ``timings.json`` written by ``remind2reg register``;
-    empty when the file is absent or unreadable."""
-    path = pred_dir / TIMINGS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        pairs = json.loads(path.read_text(encoding="utf-8")).get("pairs", {})
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning("Ignoring the unreadable %s (%s)", path, exc)
-        return {}
-    return {name: e for name, e in pairs.items() if isinstance(e, dict)} if isinstance(pairs, dict) else {}
-
-
-def read_runtimes(pred_dir: Path) -> dict[str, float]:
-    """Seconds per output file from ``timings.json``; entries without a number (e.g. the
-    ``{"resumed": true}`` of a pair kept by ``--resume``) have none."""
-    runtimes = {}
-    for name, entry in read_timing_entries(pred_dir).items():
-        try:
-            runtimes[name] = float(entry["total_s"])
-        except (KeyError, TypeError, ValueError):
-            log.debug("%s: no runtime in %s", name, TIMINGS_FILE)
-    return runtimes
 
 
 def _check_inside(points: np.ndarray, shape: tuple[int, ...], path: Path, case: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.atomic import atomic_path
 from remind2reg.inference.io.dataset import find_pairs

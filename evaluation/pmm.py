@@ -11,7 +11,7 @@ Normalisation: ``NMI = 2 MI / (H(F) + H(M))`` (the symmetric uncertainty), in ``
 1 when one image determines the other (identical images), about 0 for independent ones (a
 small positive bias remains, from finite patches). A patch where both images are constant
 has no information and scores 0. This is not the ``(H(F) + H(M)) / H(F, M)`` of
-:mod:`inference.deformable.guard`, which lies in ``[1, 2]``.
+:mod:`remind2reg.inference.core.losses`, which lies in ``[1, 2]``.
 
 Computation (vectorised, exact): with ``patch`` a multiple of ``stride``, the volume is cut
 into cells of ``stride^3`` voxels; every patch is a block of ``(patch / stride)^3`` cells, and

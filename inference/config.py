@@ -1,7 +1,8 @@
-"""Typed settings of the registration pipeline, loadable from a TOML or JSON file.
+"""The registration settings as one typed object, loadable from a TOML or JSON file (torch-free).
 
-Every tunable number of the pipeline lives here (not in code). A config file may give any
-subset; unknown keys are an error. Example (TOML)::
+Every tunable number of the pipeline lives in :mod:`remind2reg.inference.settings` (not in
+code). A config file may give any subset; unknown keys, wrong types and out-of-range values
+are errors that name the key path (``config.convex.levels[0].grid_sp``). Example (TOML)::
 
     working_spacing_mm = 1.0
     fusion = "joint"
@@ -25,65 +26,24 @@ from __future__ import annotations
 
 import json
 import tomllib
+import types
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from remind2reg.inference.affine.blockmatch import TRANSFORMS, BlockMatchSettings
-from remind2reg.inference.deformable.instance import AdamSettings
 from remind2reg.inference.errors import InputError
-from remind2reg.inference.refinement.stage import RefineSettings
-
-FUSIONS = ("none", "joint", "mean", "max")
-AFFINE_METHODS = ("none", "blockmatch", "niftyreg")
-COMBINES = ("last", "weighted")
-
-
-@dataclass(frozen=True)
-class MindSettings:
-    radius: int = 1  # box half-size (working voxels)
-    dilation: int = 2  # neighbour distance (working voxels)
-    use_sector_mask: bool = True  # masked MIND on the US: the sector border adds no structure
-
-
-@dataclass(frozen=True)
-class LevelSettings:
-    grid_sp: int  # working voxels per coarse cell
-    disp_hw: int  # search half-width, coarse voxels: +- grid_sp * disp_hw working voxels
-    weight: float = 1.0  # weight in MCBO-style fusion (combine = "weighted")
-
-
-@dataclass(frozen=True)
-class ConvexSettings:
-    # One coarse level (4 mm cells, +-16 mm) measured best on the tuning cases; finer cascaded
-    # levels (MCBO's 6/4/2 in 0.5 mm voxels = 3/2/1 mm) fitted speckle (README, benchmarks).
-    levels: tuple[LevelSettings, ...] = (LevelSettings(grid_sp=4, disp_hw=4, weight=1.0),)
-    coefficients: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    average_iterates: bool = True  # MCBO's weight balancing
-    combine: str = "last"  # "last": coarse-to-fine cascade; "weighted": MCBO weighted fusion
-    inverse_consistent: bool = False  # also solve moving->fixed, then symmetrise both fields
-    inverse_iterations: int = 10
-
-
-@dataclass(frozen=True)
-class AffineStageSettings:
-    """The global stage before the deformable one (``method = "none"``: the header alignment).
-
-    ``blockmatch``: MIND-SSC block matching + LTS (:mod:`inference.affine.blockmatch`);
-    ``niftyreg``: ``reg_aladin`` with the organisers' settings (:mod:`inference.affine.niftyreg`).
-    One transform is shared by ceT1 and T2 unless ``fusion = "none"``: block matching then
-    matches their features jointly, and ``reg_aladin`` registers the first moving sequence.
-    """
-
-    method: str = "none"
-    transform: str = "rigid"  # rigid | affine
-    blockmatch: BlockMatchSettings = field(default_factory=BlockMatchSettings)
-
-    def __post_init__(self) -> None:
-        if self.method not in AFFINE_METHODS:
-            raise ValueError(f"affine.method must be one of {AFFINE_METHODS}, got {self.method!r}")
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"affine.transform must be one of {TRANSFORMS}, got {self.transform!r}")
+from remind2reg.inference.settings import (
+    FUSIONS,
+    AdamSettings,
+    AffineStageSettings,
+    ConvexSettings,
+    MindSettings,
+    RefineSettings,
+    SettingsError,
+    _one_of,
+    _positive,
+    _require,
+)
 
 
 @dataclass(frozen=True)
@@ -100,22 +60,21 @@ class RegistrationConfig:
     adam: AdamSettings = field(default_factory=AdamSettings)
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.convex.combine not in COMBINES:
-            raise ValueError(f"convex.combine must be one of {COMBINES}, got {self.convex.combine!r}")
-        if not self.convex.levels:
-            raise ValueError("convex.levels must not be empty")
+        _positive("working_spacing_mm", self.working_spacing_mm)
+        _require(self.crop_margin_mm >= 0, f"crop_margin_mm must be >= 0; got {self.crop_margin_mm!r}")
+        _one_of("fusion", self.fusion, FUSIONS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RegistrationConfig:
+        """Build from plain dicts/lists; raises :class:`SettingsError` naming the key path."""
         return _build(cls, data, "config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> RegistrationConfig:
+        """Read a ``.toml`` or ``.json`` file; any problem is an :class:`InputError` naming the file."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -128,25 +87,49 @@ class RegistrationConfig:
             raise InputError(f"invalid config: {exc}", path=path) from exc
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Recursively build a (frozen) dataclass from plain dicts/lists, rejecting unknown keys."""
+def _check_scalar(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it fits the scalar type ``hint`` (int, float, bool, str, or X | None)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+    # bool is an int in Python: reject True where a number belongs, and 1 where a flag does.
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint, True)
+    if not ok:
+        raise SettingsError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if hint is float else value
+
+
+def _build_value(hint: Any, value: Any, where: str) -> Any:
+    if is_dataclass(hint):
+        return _build(hint, value, where)
+    if get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            raise SettingsError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        item = get_args(hint)[0]
+        return tuple(_build_value(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    return _check_scalar(value, hint, where)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Recursively build a (frozen) dataclass from plain dicts/lists, checking keys and types."""
     if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a table, got {type(data).__name__}")
+        raise SettingsError(f"{where}: expected a table, got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        items = get_args(hint)
-        if is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
-        elif items and is_dataclass(items[0]):  # tuple[SomeSettings, ...]
-            kwargs[key] = tuple(_build(items[0], v, f"{where}.{key}[{i}]") for i, v in enumerate(value))
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+        raise SettingsError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
+    kwargs = {key: _build_value(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+    except TypeError as exc:  # a required key is missing
+        raise SettingsError(f"{where}: {exc}") from None

@@ -84,12 +84,6 @@ def resample_to_grid(
     return out.astype(np.float32, copy=False)
 
 
-def identity_grid(shape: tuple[int, int, int], dtype: type = np.float32) -> NDArray:
-    """Voxel coordinates of every voxel, shape ``(I, J, K, 3)``: ``grid[i, j, k] = (i, j, k)``."""
-    axes = [np.arange(n, dtype=dtype) for n in shape]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-
-
 def affine_displacement(
     fixed2moving_world: ArrayLike,
     fixed_vox2world: ArrayLike,
@@ -122,22 +116,6 @@ def affine_displacement(
             + fixed_vox2moving_vox[c, 3]
         )
     return disp
-
-
-def world_to_voxel_displacement(disp_mm: NDArray, fixed_vox2world: ArrayLike) -> NDArray[np.float32]:
-    """Convert a displacement in world mm ``(..., 3)`` to fixed-grid voxels along array axes.
-
-    ``u_vox = inv(R) @ u_mm`` with ``R = fixed_vox2world[:3, :3]`` (a displacement is a vector:
-    the translation part of the matrix does not apply).
-    """
-    world2vox_linear = np.linalg.inv(np.asarray(fixed_vox2world, dtype=np.float64)[:3, :3])
-    return (np.asarray(disp_mm) @ world2vox_linear.T).astype(np.float32)
-
-
-def voxel_to_world_displacement(disp_vox: NDArray, fixed_vox2world: ArrayLike) -> NDArray[np.float32]:
-    """Inverse of :func:`world_to_voxel_displacement`: ``u_mm = R @ u_vox``."""
-    linear = np.asarray(fixed_vox2world, dtype=np.float64)[:3, :3]
-    return (np.asarray(disp_vox) @ linear.T).astype(np.float32)
 
 
 def compose_affine_displacement(

@@ -1,471 +1,91 @@
-"""Batch registration of a ReMIND2Reg folder: the ``remind2reg register`` command's engine.
+"""The registration pipeline of one case: the list of its stages (:mod:`remind2reg.inference.stages`).
 
-Pairs are grouped by case (one US image, one or two MR sequences) so that a method can use
-ceT1 and T2 together; one displacement file is still written per pair.
-
-Batch policy (:func:`register_folder`):
-
-* **Per-case isolation.** A case that fails (bad input, a method error) does not stop the
-  batch unless ``on_error="fail"``. ``"skip"`` writes nothing for it; ``"identity"`` writes the
-  zero field (the initial alignment) and records ``"fallback": "identity"`` and the error in
-  ``timings.json``. The returned :class:`BatchSummary` lists every failure.
-* **No partial outputs.** Every file is written atomically; stale temporary files of an
-  interrupted run are removed at the start.
-* **Resume.** With ``resume=True`` a pair whose output exists and reads back as a valid field
-  of the right shape is not redone (an unreadable one is); ``timings.json`` keeps its entry.
-* **Determinism.** Python, numpy and torch are seeded with ``seed`` before every case, and on
-  the CPU torch runs its deterministic algorithms: the same input and seed give bit-identical
-  fields, whatever cases came before (so a resumed run equals a full one).
-* **GPU memory.** A case that runs out of CUDA memory is retried on the CPU, with a warning.
+``run_pipeline(fixed, moving, config)`` takes the US and the MR sequences of one case (on one
+grid: the batch resamples a moving image onto the fixed grid first) and returns one
+challenge-format field per group of sequences, the seconds each stage took and its notes.
+Every stage returns a new typed result; the pipeline only passes them on and collects the
+timings (:class:`StageClock`) and notes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import platform
-import random
-import resource
-import shutil
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Literal, get_args
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
+
 from remind2reg.inference.config import RegistrationConfig
-from remind2reg.inference.errors import InputError
-from remind2reg.inference.geometry import resample_to_grid, same_grid
-from remind2reg.inference.io.atomic import atomic_path, remove_stale_partials, write_text_atomic
-from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
-from remind2reg.inference.io.displacement import TIMINGS_FILE, read_displacement, write_displacement
-from remind2reg.inference.io.nifti import Image, check_not_constant, check_ultrasound, read_header, read_image
-from remind2reg.inference.methods.base import Method, MethodResult
-from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
-from remind2reg.inference.methods.identity import IdentityMethod
-from tqdm import tqdm
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.methods.base import MethodResult
+from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse, zero_fields
+from remind2reg.inference.stages.embedding import embed_transforms
+from remind2reg.inference.stages.features import extract_features
+from remind2reg.inference.stages.global_alignment import align_globally, header_alignment
+from remind2reg.inference.stages.guard import guard
+from remind2reg.inference.stages.refinement import refine_transforms
+from remind2reg.inference.stages.sector import find_sector
+from remind2reg.inference.stages.transforms import sequence_groups
 
-log = logging.getLogger(__name__)
-
-METHODS = (
-    "convex-adam",
-    "identity",
-    "niftyreg-rigid",
-    "niftyreg-affine",
-    "blockmatch-rigid",
-    "blockmatch-affine",
-)
+T = TypeVar("T")
 
 
-def make_method(name: str, config: RegistrationConfig | None = None, device: str = "cpu") -> Method:
-    """The registration method called ``name``."""
-    if name == "identity":
-        return IdentityMethod()
-    if name == "convex-adam":
-        return ConvexAdamMethod(config, device)
-    if name in ("niftyreg-rigid", "niftyreg-affine"):
-        from remind2reg.inference.methods.niftyreg import NiftyRegMethod
+class StageClock:
+    """Runs stages and records the wall-clock seconds of each, in order (``seconds``)."""
 
-        return NiftyRegMethod(rigid_only=name == "niftyreg-rigid")
-    if name in ("blockmatch-rigid", "blockmatch-affine"):
-        # The affine stage of the pipeline alone: MIND block matching + LTS, no deformable stage.
-        base = config or RegistrationConfig()
-        affine = replace(base.affine, method="blockmatch", transform=name.split("-")[1])
-        method = ConvexAdamMethod(replace(base, affine=affine, deformable=False), device)
-        method.name = name
-        return method
-    raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
 
-
-OnError = Literal["fail", "skip", "identity"]
-ON_ERROR_POLICIES: tuple[str, ...] = get_args(OnError)
-
-
-@dataclass
-class PairRecord:
-    """One output file: seconds per stage, its share of its case's time, how it was made."""
-
-    output: str
-    stages: dict[str, float] = field(default_factory=dict)
-    case_total_s: float = 0.0
-    pairs_in_case: int = 1
-    device: str | None = None  # where the method ran ("cpu" after a CUDA out-of-memory retry)
-    fallback: str | None = None  # "identity" when the case failed and the zero field was written
-    error: str | None = None  # the failure behind a fallback
-
-    @property
-    def total_s(self) -> float:
-        """The case's time divided by the number of fields it produced (amortised)."""
-        return self.case_total_s / self.pairs_in_case
-
-    def to_json(self) -> dict:
-        entry: dict = {"total_s": self.total_s, "case_total_s": self.case_total_s, "stages": self.stages}
-        for key in ("device", "fallback", "error"):
-            if getattr(self, key) is not None:
-                entry[key] = getattr(self, key)
-        return entry
-
-
-@dataclass(frozen=True)
-class CaseFailure:
-    """A case that failed, the error, and what the batch did about it."""
-
-    case: str
-    outputs: tuple[str, ...]
-    error: str
-    input_error: bool  # True for an invalid or unreadable input (InputError)
-    action: str  # "stopped the batch", "skipped (no output)" or "wrote the identity field"
-
-
-@dataclass
-class BatchSummary:
-    """What :func:`register_folder` did: fields written, failures, pairs kept by ``resume``."""
-
-    records: list[PairRecord] = field(default_factory=list)
-    failures: list[CaseFailure] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)
-    not_attempted: list[str] = field(default_factory=list)  # cases after a failure with on_error="fail"
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    @property
-    def input_errors_only(self) -> bool:
-        """True when every failure is an invalid input (the CLI then exits with code 3)."""
-        return bool(self.failures) and all(f.input_error for f in self.failures)
-
-    def describe(self) -> str:
-        """A few lines for the end of a run."""
-        written = sum(r.fallback is None for r in self.records)
-        lines = [
-            f"{written} fields registered, {len(self.resumed)} kept from an earlier run (--resume), "
-            f"{len(self.failures)} cases failed"
-        ]
-        for f in self.failures:
-            lines.append(f"  case {f.case} ({', '.join(f.outputs)}): {f.action}: {f.error}")
-        if self.not_attempted:
-            lines.append(f"  not attempted after the failure: cases {', '.join(self.not_attempted)}")
-        return "\n".join(lines)
-
-
-def load_fixed(pair: RegistrationPair) -> Image:
-    """Read and check the ultrasound of a case (constant, empty or sector-less US: InputError)."""
-    fixed = read_image(pair.fixed, pair.case)
-    check_ultrasound(fixed, pair.case)
-    return fixed
-
-
-def load_moving(pair: RegistrationPair, fixed: Image) -> Image:
-    """Read a moving image; resample it onto the fixed grid if their grids differ."""
-    moving = read_image(pair.moving, pair.case)
-    check_not_constant(moving, pair.case, what="MR image")
-    if not same_grid(fixed.shape, fixed.vox2world, moving.shape, moving.vox2world):
-        log.warning(
-            "Case %s: %s is not on the grid of %s; resampling it onto the fixed grid (world coordinates)",
-            pair.case,
-            pair.moving.name,
-            pair.fixed.name,
-        )
-        array = resample_to_grid(moving.array, moving.vox2world, fixed.shape, fixed.vox2world, order=1)
-        moving = Image(array=array, vox2world=fixed.vox2world, path=moving.path)
-        if not np.any(array):
-            raise InputError(
-                f"resampled onto the grid of {pair.fixed.name}, it is empty: the two images do not overlap",
-                path=pair.moving,
-                case=pair.case,
-            )
-    return moving
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: str) -> Iterator[None]:
-    """Seed Python, numpy and torch; on the CPU also make torch use deterministic algorithms.
-
-    CUDA is not made deterministic: several CUDA kernels (grid sampling backward, for one)
-    have no deterministic version. The previous deterministic setting is restored on exit.
-    """
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global generator any library may use
-    torch.manual_seed(seed)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device == "cpu" or previous)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-@dataclass
-class Engine:
-    """A registration method by name, on a device, with a CPU fallback for CUDA out-of-memory."""
-
-    name: str
-    config: RegistrationConfig | None = None
-    device: str = "cpu"
-    seed: int = 0
-    method: Method | None = field(default=None, init=False, repr=False)  # built on first use
-    cpu_fallback: Method | None = field(default=None, init=False, repr=False)
-
-    def __call__(self, fixed: Image, moving: dict[str, Image], case: str) -> tuple[MethodResult, str]:
-        """Run the method on one case; returns its result and the device it ran on."""
-        if self.method is None:
-            self.method = make_method(self.name, self.config, self.device)
-        try:
-            with seeded(self.seed, self.device):
-                return self.method(fixed, moving), self.device
-        except torch.cuda.OutOfMemoryError as exc:
-            if self.device == "cpu":
-                raise
-            log.warning(
-                "Case %s: out of GPU memory on %s (%s); retrying this case on the CPU",
-                case,
-                self.device,
-                str(exc).splitlines()[0],
-            )
-        torch.cuda.empty_cache()
-        if self.cpu_fallback is None:
-            self.cpu_fallback = make_method(self.name, self.config, "cpu")
-        with seeded(self.seed, "cpu"):
-            return self.cpu_fallback(fixed, moving), "cpu"
-
-
-def register_case(
-    pairs: list[RegistrationPair],
-    output_dir: Path,
-    engine: Engine,
-    outputs: set[str] | None = None,
-) -> list[PairRecord]:
-    """Register the pairs sharing one fixed image; write one field per pair (atomically).
-
-    ``outputs`` restricts the files written (``--resume``); the method still sees every
-    moving image of the case, so that a joint registration gives the same fields.
-    """
-    t0 = time.perf_counter()
-    case = pairs[0].case
-    fixed = load_fixed(pairs[0])
-    moving = {p.moving_name.modality: load_moving(p, fixed) for p in pairs}
-    load_s = time.perf_counter() - t0
-    result, device = engine(fixed, moving, case)
-    t1 = time.perf_counter()
-    todo = [p for p in pairs if outputs is None or p.output_name in outputs]
-    written: dict[int, Path] = {}  # a field shared by both sequences is compressed once
-    for p in todo:
-        disp = result.fields[p.moving_name.modality]
-        target = output_dir / p.output_name
-        if id(disp) in written:
-            with atomic_path(target) as tmp:
-                shutil.copyfile(written[id(disp)], tmp)
-        else:
-            write_displacement(target, disp, fixed.vox2world)
-            written[id(disp)] = target
-    stages = {"load": load_s, **result.stages, "write": time.perf_counter() - t1}
-    total = time.perf_counter() - t0
-    return [PairRecord(p.output_name, stages, total, len(todo), device=device) for p in todo]
-
-
-def write_identity_fields(
-    pairs: list[RegistrationPair], output_dir: Path, error: str, elapsed_s: float
-) -> list[PairRecord]:
-    """The zero field (the initial alignment) for every pair of a failed case, recorded as such.
-
-    Only the fixed image's header is needed. Raises :class:`InputError` when even that is
-    unreadable: then no field of the right grid can be written.
-    """
-    shape, vox2world = read_header(pairs[0].fixed, pairs[0].case)
-    zero = np.zeros((*shape[:3], 3), dtype=np.float32)
-    records = []
-    for p in pairs:
-        write_displacement(output_dir / p.output_name, zero, vox2world)
-        records.append(PairRecord(p.output_name, {}, elapsed_s, len(pairs), fallback="identity", error=error))
-    return records
-
-
-def is_finished(pair: RegistrationPair, output_dir: Path) -> bool:
-    """True when ``pair``'s output exists and reads back as a finite field on the fixed grid."""
-    target = output_dir / pair.output_name
-    if not target.is_file():
-        return False
-    try:
-        shape, _ = read_header(pair.fixed, pair.case)
-        read_displacement(target, expected_shape=shape)
-    except InputError as exc:
-        log.warning(
-            "Case %s: redoing %s, the existing file is not a valid field (%s)", pair.case, target.name, exc
-        )
-        return False
-    return True
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def peak_gpu_memory_mb() -> float | None:
-    """Peak CUDA memory allocated by torch in this process, or None when CUDA was not used."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return None
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
-def write_timings(
-    output_dir: Path,
-    records: list[PairRecord],
-    method: str,
-    device: str,
-    kept: dict[str, dict] | None = None,
-    extra: dict | None = None,
-) -> None:
-    """``timings.json``: run metadata and one entry per output (``kept``: entries of resumed pairs)."""
-    pairs = dict(kept or {})
-    pairs.update({r.output: r.to_json() for r in records})
-    gpu_mb = peak_gpu_memory_mb()
-    meta = {
-        "method": method,
-        "device": device,
-        "host": platform.node(),
-        "peak_memory_mb": peak_memory_mb(),
-        **({"peak_gpu_memory_mb": gpu_mb} if gpu_mb is not None else {}),
-        **(extra or {}),
-        "pairs": pairs,
-    }
-    write_text_atomic(output_dir / TIMINGS_FILE, json.dumps(meta, indent=2))
-
-
-def previous_timings(output_dir: Path) -> dict[str, dict]:
-    """The per-pair entries of an earlier run's ``timings.json`` (empty when absent or unreadable)."""
-    path = output_dir / TIMINGS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        pairs = json.loads(path.read_text(encoding="utf-8")).get("pairs", {})
-        return pairs if isinstance(pairs, dict) else {}
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning("Ignoring the unreadable %s (%s)", path, exc)
-        return {}
-
-
-def group_by_case(pairs: list[RegistrationPair]) -> list[list[RegistrationPair]]:
-    groups: dict[Path, list[RegistrationPair]] = defaultdict(list)
-    for p in pairs:
-        groups[p.fixed].append(p)
-    return list(groups.values())
-
-
-def _handle_failure(
-    group: list[RegistrationPair], output_dir: Path, exc: Exception, on_error: OnError, elapsed_s: float
-) -> tuple[CaseFailure, list[PairRecord]]:
-    """Log a failed case and apply ``on_error``; returns the failure and any identity records."""
-    case, names = group[0].case, tuple(p.output_name for p in group)
-    input_error = isinstance(exc, InputError)
-    message = str(exc) if input_error else f"{type(exc).__name__}: {exc}"
-    # An invalid input needs no traceback; anything else might be a bug and gets one.
-    log.error("Case %s failed: %s", case, message, exc_info=None if input_error else exc)
-    records: list[PairRecord] = []
-    if on_error == "fail":
-        action = "stopped the batch"
-    elif on_error == "identity":
-        try:
-            records = write_identity_fields(group, output_dir, message, elapsed_s)
-            action = "wrote the identity field"
-            log.warning("Case %s: wrote the zero field (initial alignment) for %s", case, ", ".join(names))
-        except InputError as header_exc:
-            action = f"skipped (no output; no identity field either: {header_exc})"
-    else:
-        action = "skipped (no output)"
-    if not records:  # a result of an earlier run must not pass for one of this run
-        for name in names:
-            stale = output_dir / name
-            if stale.is_file():
-                log.warning("Case %s: removing %s, left by an earlier run", case, stale)
-                stale.unlink()
-    return CaseFailure(case, names, message, input_error, action), records
-
-
-def register_folder(
-    input_dir: str | Path,
-    output_dir: str | Path,
-    method: str = "convex-adam",
-    modalities: tuple[str, ...] = ("0001", "0002"),
-    device: str = "cpu",
-    config: RegistrationConfig | None = None,
-    progress: bool = True,
-    on_error: OnError = "fail",
-    resume: bool = False,
-    seed: int = 0,
-) -> BatchSummary:
-    """Register every pair found in ``input_dir``; one displacement file per pair in ``output_dir``.
-
-    ``on_error`` says what a failing case does: ``"fail"`` stops the batch (finished cases
-    keep their files), ``"skip"`` writes nothing for it and goes on, ``"identity"`` writes the
-    zero field, records it in ``timings.json`` and goes on. Case failures are returned in the
-    summary, not raised; a missing or empty input folder still raises :class:`InputError`.
-    """
-    if on_error not in ON_ERROR_POLICIES:
-        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_POLICIES)}, not {on_error!r}")
-    engine = Engine(method, config, device, seed)
-    if method == "identity":
-        log.warning(
-            "Method 'identity': the output fields are zero (the initial alignment), not a registration."
-        )
-    pairs = find_pairs(input_dir, modalities)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(output_dir)
-    cases = group_by_case(pairs)
-    log.info(
-        "Registering %d pairs (%d cases) from %s into %s with %s on %s (on error: %s%s)",
-        len(pairs),
-        len(cases),
-        input_dir,
-        output_dir,
-        method,
-        device,
-        on_error,
-        ", resuming" if resume else "",
-    )
-    earlier = previous_timings(output_dir) if resume else {}
-    kept: dict[str, dict] = {}
-    summary = BatchSummary()
-    extra = {"on_error": on_error, "seed": seed}
-    for index, group in enumerate(tqdm(cases, desc="register", unit="case", disable=not progress)):
-        case = group[0].case
-        todo = [p for p in group if not (resume and is_finished(p, output_dir))]
-        for p in group:
-            if p not in todo:
-                summary.resumed.append(p.output_name)
-                kept[p.output_name] = earlier.get(p.output_name, {"resumed": True})
-        if not todo:
-            log.info("Case %s: already done, skipped (--resume)", case)
-            continue
+    def run(self, name: str, stage: Callable[..., T], *args, **kwargs) -> T:
         t0 = time.perf_counter()
-        try:
-            new = register_case(group, output_dir, engine, outputs={p.output_name for p in todo})
-        except Exception as exc:  # per-case isolation: any failure of one case is reported, not fatal
-            failure, new = _handle_failure(todo, output_dir, exc, on_error, time.perf_counter() - t0)
-            summary.failures.append(failure)
-            summary.records += new
-            write_timings(output_dir, summary.records, method, device, kept, extra)
-            if on_error == "fail":
-                summary.not_attempted = [g[0].case for g in cases[index + 1 :]]
-                break
-            continue
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in new[0].stages.items())
-        log.info(
-            "Case %s (%s): %.1f s [%s]",
-            case,
-            ", ".join(p.label.split()[1] for p in todo),
-            new[0].case_total_s,
-            stages,
+        result = stage(*args, **kwargs)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        return result
+
+
+def run_pipeline(
+    fixed: Image,
+    moving: Mapping[str, Image],
+    config: RegistrationConfig | None = None,
+    device: torch.device | str = "cpu",
+    sector_mask: NDArray[np.bool_] | None = None,
+) -> MethodResult:
+    """Register the MR sequences ``moving`` (e.g. ``{"0001": ceT1, "0002": T2}``) to the US ``fixed``.
+
+    ``sector_mask`` (full fixed grid) replaces the automatic US sector, e.g. to leave a region
+    without correspondence out. The fields map fixed to moving in fixed voxels:
+    ``warped(x) = moving(x + u(x))``.
+    """
+    cfg = config or RegistrationConfig()
+    device = torch.device(device)
+    clock = StageClock()
+    sector = clock.run("sector", find_sector, fixed, cfg.working_spacing_mm, cfg.crop_margin_mm, sector_mask)
+    case = clock.run("features", extract_features, fixed, moving, sector, cfg.mind, device)
+    groups = sequence_groups(tuple(moving), cfg.fusion)
+    if cfg.affine.method == "none":
+        aligned = header_alignment(case, groups)
+    else:
+        aligned = clock.run(
+            "affine", align_globally, fixed, moving, case, sector, groups, cfg.affine, cfg.mind
         )
-        summary.records += new
-        write_timings(output_dir, summary.records, method, device, kept, extra)
-    gpu = peak_gpu_memory_mb()
-    log.info("Peak memory %.0f MB%s", peak_memory_mb(), f", GPU {gpu:.0f} MB" if gpu is not None else "")
-    (log.info if summary.ok else log.warning)("Summary: %s", summary.describe())
-    return summary
+    features, mask = aligned.case.features, case.images.mask
+    if cfg.deformable:
+        estimates = clock.run(
+            "convex", convex_estimates, features, mask, aligned.alignments, cfg.fusion, cfg.convex
+        )
+        estimates = clock.run("adam", adam_estimates, features, mask, estimates, cfg.adam)
+        transforms = fuse(aligned.alignments, estimates, cfg.fusion)
+    else:
+        transforms = zero_fields(aligned.alignments, sector.grid.shape, device)
+    notes: dict[str, object] = {"working_shape": sector.grid.shape, "fusion": cfg.fusion, **aligned.notes()}
+    if cfg.refine.enabled:
+        refined = clock.run("refine", refine_transforms, aligned.case.images, transforms, cfg.refine)
+        transforms = refined.transforms
+        notes.update(refined.notes())
+    name = fixed.path.name if fixed.path else "?"
+    checked = clock.run("guard", guard, case.images, transforms, cfg.guard, case=name)
+    notes.update(checked.notes())
+    fields = clock.run("embed", embed_transforms, checked.transforms, sector.grid, fixed.vox2world)
+    return MethodResult(fields, clock.seconds, notes)

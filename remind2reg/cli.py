@@ -1,6 +1,6 @@
 """The ``remind2reg`` command line: ``register``, ``evaluate``, ``report``, ``pack`` and ``synth``.
 
-Exit codes (:mod:`inference.errors`):
+Exit codes (:mod:`remind2reg.inference.errors`):
 
 * 0: success. Also ``register`` with failed cases under ``--allow-failures``: the summary at
   the end and ``timings.json`` still list them.
@@ -34,10 +34,11 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 from remind2reg import __version__
+from remind2reg.inference.device import resolve_device
 from remind2reg.inference.errors import (
     EXIT_FAILURE,
     EXIT_INPUT,
@@ -46,36 +47,12 @@ from remind2reg.inference.errors import (
     InputError,
     Remind2RegError,
 )
+from remind2reg.inference.settings import DEVICES, METHODS, MODALITY_CHOICES, NETS, ON_ERROR_POLICIES
 
 log = logging.getLogger("remind2reg")
 
-MODALITY_CHOICES = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
-DEVICES = ["auto", "cpu", "cuda"]
-ON_ERROR = ["fail", "skip", "identity"]  # inference.pipeline.ON_ERROR_POLICIES, without importing torch
 
-
-class _MethodChoices:
-    """The names in ``inference.pipeline.METHODS``, imported only when argparse needs them.
-
-    The pipeline imports torch, which takes seconds; ``evaluate`` and ``report`` should not pay
-    for it. argparse only tests membership and iterates the choices (help, error messages), as
-    long as the argument has a ``metavar`` (else it formats the choices when it is added).
-    """
-
-    @staticmethod
-    def _names() -> tuple[str, ...]:
-        from remind2reg.inference.pipeline import METHODS
-
-        return tuple(METHODS)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-
-def _env_choice(name: str, default: str, choices: list[str]) -> str:
+def _env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     """A default taken from the environment (the container sets these), checked like a flag."""
     value = os.environ.get(name, default)
     if value not in choices:
@@ -93,8 +70,7 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default="convex-adam",
-        choices=_MethodChoices(),
-        metavar="METHOD",  # without it argparse iterates the choices (imports torch) at build time
+        choices=METHODS,
         help="registration method: %(choices)s (niftyreg-*: reg_aladin alone, the organisers' baseline family)",
     )
     p.add_argument(
@@ -116,8 +92,8 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--on-error",
-        default=_env_choice("REMIND2REG_ON_ERROR", "skip", ON_ERROR),
-        choices=ON_ERROR,
+        default=_env_choice("REMIND2REG_ON_ERROR", "skip", ON_ERROR_POLICIES),
+        choices=ON_ERROR_POLICIES,
         help="a failing case: fail = stop the batch, skip = write nothing and go on, identity = write "
         "the zero field, record it in timings.json and go on (default: $REMIND2REG_ON_ERROR or skip)",
     )
@@ -207,8 +183,8 @@ def _add_train_refiner(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--size", type=int, default=64, help="voxels per side of the synthetic pairs")
     p.add_argument("--batch", type=int, default=1, help="pairs per step")
-    p.add_argument(  # the keys of training.train.NETS (not imported here: it imports torch)
-        "--net", default="small", choices=["small", "base"], help="architecture: small (CPU) or base (GPU)"
+    p.add_argument(
+        "--net", default="small", choices=sorted(NETS), help="architecture: small (CPU) or base (GPU)"
     )
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: TrainConfig's)")
     p.add_argument(
@@ -237,11 +213,11 @@ def _add_train_refiner(sub: argparse._SubParsersAction) -> None:
 def _run_train_refiner(args: argparse.Namespace) -> int:
     import torch
 
-    from remind2reg.training.train import NETS, TrainConfig, train
+    from remind2reg.training.train import TrainConfig, train
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     optional = {k: v for k, v in (("lr", args.lr), ("lam", args.lam)) if v is not None}
     summary = train(
         args.out,
@@ -265,25 +241,12 @@ def _run_train_refiner(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _resolve_device(requested: str) -> str:
-    if requested == "cpu":
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if requested == "cuda":
-        raise Remind2RegError("--device cuda was requested but no CUDA device is available")
-    log.warning("No CUDA device available: running on the CPU")
-    return "cpu"
-
-
 def _run_register(args: argparse.Namespace) -> int:
+    from remind2reg.inference.batch import register_folder
     from remind2reg.inference.config import RegistrationConfig
-    from remind2reg.inference.pipeline import register_folder
 
     config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     summary = register_folder(
         args.input,
         args.output,

@@ -22,6 +22,11 @@ def oblique_vox2world(spacing=(0.7, 0.5, 0.9), angles_deg=(17.0, -23.0, 31.0), o
     return out
 
 
+def voxel_grid(shape) -> np.ndarray:
+    """Voxel coordinates of every voxel, shape ``(I, J, K, 3)``: ``grid[i, j, k] = (i, j, k)``."""
+    return np.stack(np.indices(shape, dtype=np.float32), axis=-1)
+
+
 @pytest.fixture
 def oblique_grid():
     """(shape, vox2world): a non-cubic shape on an oblique, anisotropic grid."""

@@ -12,14 +12,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from remind2reg.inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE
-from remind2reg.inference.io.nifti import Image, write_image
-from remind2reg.inference.methods.base import MethodResult
-from remind2reg.inference.pipeline import METHODS, ON_ERROR_POLICIES, register_folder
 from scipy import ndimage
 
 from remind2reg import cli
 from remind2reg.cli import main
+from remind2reg.inference.batch import register_folder
+from remind2reg.inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE
+from remind2reg.inference.io.nifti import Image, write_image
+from remind2reg.inference.methods.base import MethodResult
+from remind2reg.inference.settings import METHODS, ON_ERROR_POLICIES
 from tests.conftest import make_case_files, oblique_vox2world
 
 SHAPE = (20, 22, 18)
@@ -52,13 +53,11 @@ def _timings(out: Path) -> dict:
 
 
 def test_cli_choices_match_the_pipeline():
-    assert tuple(cli.ON_ERROR) == ON_ERROR_POLICIES
-    action = next(
-        a
-        for a in cli.build_parser()._subparsers._group_actions[0].choices["register"]._actions
-        if a.dest == "method"
-    )
-    assert tuple(action.choices) == tuple(METHODS)
+    actions = {
+        a.dest: a for a in cli.build_parser()._subparsers._group_actions[0].choices["register"]._actions
+    }
+    assert tuple(actions["on_error"].choices) == ON_ERROR_POLICIES
+    assert tuple(actions["method"].choices) == tuple(METHODS)
 
 
 def test_cli_choices_reject_an_unknown_method(capsys):
@@ -120,9 +119,9 @@ def test_method_error_exits_1_with_a_traceback(three_cases, tmp_path, caplog, mo
         def __call__(self, fixed: Image, moving: dict) -> MethodResult:
             if "0003" in fixed.path.name:
                 raise RuntimeError("solver diverged")
-            return MethodResult({m: np.zeros((*fixed.shape, 3), np.float32) for m in moving})
+            return MethodResult.per_sequence({m: np.zeros((*fixed.shape, 3), np.float32) for m in moving})
 
-    monkeypatch.setattr("remind2reg.inference.pipeline.make_method", lambda *args, **kwargs: Broken())
+    monkeypatch.setattr("remind2reg.inference.batch.make_method", lambda *args, **kwargs: Broken())
     assert register(three_cases, tmp_path / "out") == EXIT_FAILURE
     assert "Case 0003 failed: RuntimeError: solver diverged" in caplog.text
     assert "Traceback" in caplog.text  # not an input error: could be a bug, so the traceback is kept
@@ -214,7 +213,7 @@ class _GreedyMethod:
     def __call__(self, fixed: Image, moving: dict) -> MethodResult:
         if self.device == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return MethodResult({m: np.full((*fixed.shape, 3), 0.25, np.float32) for m in moving})
+        return MethodResult.per_sequence({m: np.full((*fixed.shape, 3), 0.25, np.float32) for m in moving})
 
 
 def test_cuda_out_of_memory_retries_the_case_on_the_cpu(three_cases, tmp_path, caplog, monkeypatch):
@@ -222,7 +221,7 @@ def test_cuda_out_of_memory_retries_the_case_on_the_cpu(three_cases, tmp_path, c
     make_case_files(three_cases, "0002", SHAPE, VOX2WORLD, modalities=("0000",))
     _GreedyMethod.built = []
     monkeypatch.setattr(
-        "remind2reg.inference.pipeline.make_method", lambda name, config, device: _GreedyMethod(device)
+        "remind2reg.inference.batch.make_method", lambda name, config, device: _GreedyMethod(device)
     )
     out = tmp_path / "out"
     summary = register_folder(three_cases, out, method="greedy", device="cuda", progress=False)

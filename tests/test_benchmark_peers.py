@@ -97,7 +97,6 @@ def test_to_challenge_rejects_wrong_shape():
 @needs_package
 def test_register_folder_writes_challenge_files(tmp_path):
     from remind2reg.inference.io.displacement import read_displacement
-
     from tests.conftest import make_case_files
 
     shape = (24, 24, 24)
@@ -136,7 +135,6 @@ def test_harness_method_commands(tmp_path):
 def test_harness_runs_scores_and_reuses(tmp_path, capsys):
     """identity (and the baseline peer when installed) on a tiny folder; the second call reuses."""
     from remind2reg.inference.io.landmarks import write_landmarks_csv
-
     from tests.conftest import make_case_files
 
     harness = _load_harness()

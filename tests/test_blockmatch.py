@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from remind2reg.inference.affine.blockmatch import BlockMatchSettings, block_match
-from remind2reg.inference.core.pointfit import fit_affine, fit_rigid, lts_fit
-from remind2reg.inference.features.mind import mind_ssc
-from remind2reg.inference.geometry import apply_affine, resample_to_grid
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from remind2reg.inference.affine.blockmatch import block_match
+from remind2reg.inference.core.mind import mind_ssc
+from remind2reg.inference.core.pointfit import fit_affine, fit_rigid, lts_fit
+from remind2reg.inference.geometry import apply_affine, resample_to_grid
+from remind2reg.inference.settings import BlockMatchSettings
 from tests.conftest import oblique_vox2world
 
 

@@ -8,13 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
+
+from remind2reg.cli import main
 from remind2reg.inference.errors import EXIT_INPUT, EXIT_OK
 from remind2reg.inference.geometry import affine_displacement, apply_affine
 from remind2reg.inference.io.displacement import write_displacement
 from remind2reg.inference.io.landmarks import write_landmarks_csv
-from scipy.spatial.transform import Rotation
-
-from remind2reg.cli import main
 from tests.conftest import make_case_files, oblique_vox2world
 
 SHAPE = (24, 28, 20)
@@ -93,7 +93,7 @@ def test_evaluate_known_field_gives_zero_tre(dataset, tmp_path):
     root, truth, vox2world, _, _ = dataset
     pred = tmp_path / "pred"
     for name in ("disp_0001_0000_0001_0001", "disp_0001_0000_0001_0002", "disp_0002_0000_0002_0001"):
-        write_displacement(pred / f"{name}.nii.gz", truth, vox2world)
+        write_displacement(pred / f"{name}.nii.gz", truth, vox2world, truth.shape[:3])
     from remind2reg.evaluation.evaluate import evaluate
 
     report = evaluate(root, pred)
@@ -165,6 +165,7 @@ def test_register_convex_adam_writes_fold_free_fields_and_stage_timings(dataset,
     ]
     assert main(args) == EXIT_OK
     import nibabel as nib
+
     from remind2reg.evaluation.metrics import folding_percent, jacobian_determinant
 
     for name in (

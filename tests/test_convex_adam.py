@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from remind2reg.inference.config import AffineStageSettings, RegistrationConfig
-from remind2reg.inference.deformable.instance import AdamSettings
-from remind2reg.inference.io.nifti import Image
-from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
 from scipy import ndimage
 
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
+from remind2reg.inference.settings import AdamSettings, AffineStageSettings
 from tests.conftest import oblique_vox2world
 
 SHAPE = (80, 72, 64)  # 0.5 mm voxels, non-cubic
@@ -45,7 +45,9 @@ def test_recovers_a_known_smooth_displacement_through_the_working_grid():
 
 def test_embed_maps_working_voxels_to_full_voxels_exactly():
     import torch
-    from remind2reg.inference.methods.convex_adam import WorkingGrid, embed
+
+    from remind2reg.inference.core.working_grid import WorkingGrid
+    from remind2reg.inference.stages.embedding import embed
 
     grid = WorkingGrid(lo=(4, 2, 0), factor=2, shape=(10, 8, 6), full_shape=(30, 22, 14))
     ramp = torch.zeros(1, 3, *grid.shape)
@@ -61,8 +63,9 @@ def test_embed_maps_working_voxels_to_full_voxels_exactly():
 
 
 def _rotation_about_centre(vox2world, shape, angles_deg, shift_mm) -> np.ndarray:
-    from remind2reg.inference.geometry import apply_affine
     from scipy.spatial.transform import Rotation
+
+    from remind2reg.inference.geometry import apply_affine
 
     centre = apply_affine(vox2world, (np.array(shape) - 1) / 2)
     m = np.eye(4)
@@ -105,9 +108,10 @@ def test_refinement_stage_runs_inside_the_method_and_stays_fold_free(tmp_path):
     """``[refine] enabled`` with a (random, small) network: the stage runs after Adam, its
     info is recorded, and the written field is finite and fold-free (SVF residual, composed)."""
     import torch
+
     from remind2reg.evaluation.metrics import jacobian_determinant
-    from remind2reg.inference.refinement.model import NetConfig, RefinerNet, save_weights
-    from remind2reg.inference.refinement.stage import RefineSettings
+    from remind2reg.inference.refinement.model import RefinerNet, save_weights
+    from remind2reg.inference.settings import NetConfig, RefineSettings
 
     torch.manual_seed(0)
     weights = save_weights(RefinerNet(NetConfig(encoder=(4, 8, 8), decoder=(8,), final=4)), tmp_path / "w.pt")

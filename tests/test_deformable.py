@@ -5,17 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from remind2reg.evaluation.metrics import jacobian_determinant as official_jacobian
-from remind2reg.inference.deformable.convex import (
-    cost_volume,
-    coupled_convex,
-    displacement_offsets,
-    inverse_consistent,
-    pool,
-)
-from remind2reg.inference.deformable.fields import (
+from remind2reg.inference.core.correlation import cost_volume, displacement_offsets, pool
+from remind2reg.inference.core.fields import (
     compose,
-    diffusion_penalty,
     identity_voxels,
     pool_cells,
     sample,
@@ -23,8 +18,10 @@ from remind2reg.inference.deformable.fields import (
     upsample_cells,
     warp,
 )
-from remind2reg.inference.deformable.instance import AdamSettings, instance_optimise
-from scipy import ndimage
+from remind2reg.inference.core.losses import diffusion_penalty
+from remind2reg.inference.deformable.convex import coupled_convex, inverse_consistent
+from remind2reg.inference.deformable.instance import instance_optimise
+from remind2reg.inference.settings import AdamSettings
 
 SHAPE = (20, 24, 18)
 
@@ -169,9 +166,8 @@ def jacobian_determinant(disp: torch.Tensor) -> np.ndarray:
 def test_affine_after_field_matches_the_numpy_composition():
     """The torch composition (guard, working grid) and the numpy one (written field) agree:
     ``x + u(x) = A (x + d(x))`` for a general voxel affine and a varying field."""
-    from remind2reg.inference.deformable.fields import affine_after_field, affine_field
+    from remind2reg.inference.core.fields import affine_after_field, affine_field
     from remind2reg.inference.geometry import affine_displacement, compose_affine_displacement
-
     from tests.conftest import oblique_vox2world
 
     shape = (9, 7, 8)

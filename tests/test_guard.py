@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from remind2reg.inference.config import RegistrationConfig
-from remind2reg.inference.deformable.fields import warp
-from remind2reg.inference.deformable.guard import normalised_mutual_information
-from remind2reg.inference.io.nifti import Image
-from remind2reg.inference.methods.convex_adam import ConvexAdamMethod, sector_mask, working_grid
 from scipy import ndimage
+
+from remind2reg.inference.core.fields import warp
+from remind2reg.inference.core.losses import normalised_mutual_information
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.settings import MindSettings
+from remind2reg.inference.stages.features import extract_features
+from remind2reg.inference.stages.guard import guard
+from remind2reg.inference.stages.sector import find_sector
+from remind2reg.inference.stages.transforms import Alignment, GroupTransform
 
 
 def _volume(seed: int, shape=(40, 44, 36)) -> np.ndarray:
     return ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), 2.0).astype(np.float32)
+
+
+def _working_images(fixed: Image, moving: Image, with_grid: bool = False):
+    """The working-grid images of the pipeline (1 mm grid, no crop margin) for one MR, and the
+    working grid's vox2world when asked."""
+    sector = find_sector(fixed, working_spacing_mm=1.0, crop_margin_mm=0.0)
+    images = extract_features(fixed, {"0001": moving}, sector, MindSettings(), torch.device("cpu")).images
+    return (images, sector.grid.vox2world(fixed.vox2world)) if with_grid else images
 
 
 def test_nmi_is_highest_for_aligned_images():
@@ -32,17 +44,14 @@ def test_guard_keeps_a_good_field_and_rejects_a_bad_one():
     fixed_np = warp(torch.from_numpy(moving_np)[None, None], disp_true)[
         0, 0
     ].numpy()  # fixed(x) = moving(x + u)
-    fixed, moving = Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4))
-    method = ConvexAdamMethod(RegistrationConfig(working_spacing_mm=1.0, crop_margin_mm=0.0))
-    mask = sector_mask(fixed_np)
-    grid = working_grid(mask, 1.0, method.config)
-    images = method.features(fixed, {"0001": moving}, grid, mask)
-    notes: dict = {}
-    kept, _ = method.guard(images, {"0001": disp_true}, {}, notes)
-    assert torch.equal(kept["0001"], disp_true) and "fallback_0001" not in notes
+    images = _working_images(Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4)))
+    result = guard(images, (GroupTransform(Alignment(("0001",)), disp_true),))
+    kept, notes = result.transforms[0].disp, result.notes()
+    assert torch.equal(kept, disp_true) and "fallback_0001" not in notes
     wrong = -3.0 * disp_true
-    rejected, _ = method.guard(images, {"0001": wrong}, {}, notes)
-    assert float(rejected["0001"].abs().max()) == 0.0 and notes["fallback_0001"] is True
+    result = guard(images, (GroupTransform(Alignment(("0001",)), wrong),))
+    rejected, notes = result.transforms[0].disp, result.notes()
+    assert float(rejected.abs().max()) == 0.0 and notes["fallback_0001"] is True
 
 
 def test_guard_judges_the_affine_and_the_field_together():
@@ -54,16 +63,12 @@ def test_guard_judges_the_affine_and_the_field_together():
     fixed_np = warp(torch.from_numpy(moving_np)[None, None], shift)[
         0, 0
     ].numpy()  # fixed(x) = moving(x + 2 e_i)
-    fixed, moving = Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4))
-    method = ConvexAdamMethod(RegistrationConfig(working_spacing_mm=1.0, crop_margin_mm=0.0))
-    mask = sector_mask(fixed_np)
-    grid = working_grid(mask, 1.0, method.config)
-    images = method.features(fixed, {"0001": moving}, grid, mask)
+    images, w = _working_images(Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4)), with_grid=True)
     zero = torch.zeros_like(shift)
     for sign, keep in ((1.0, True), (-1.5, False)):
         f2m = np.eye(4)
         f2m[0, 3] = 2.0 * sign  # world = voxels here (identity vox2world)
-        method.prewarp(images, {"0001": f2m}, grid.vox2world(fixed.vox2world))
-        notes: dict = {}
-        _, affine = method.guard(images, {"0001": zero}, {"0001": f2m}, notes)
-        assert ("0001" in affine) is keep and ("fallback_0001" not in notes) is keep
+        alignment = Alignment(("0001",), f2m, np.linalg.inv(w) @ f2m @ w)  # vox2vox in working voxels
+        result = guard(images, (GroupTransform(alignment, zero),))
+        affine, notes = result.transforms[0].alignment.fixed2moving_world, result.notes()
+        assert (affine is not None) is keep and ("fallback_0001" not in notes) is keep

@@ -9,12 +9,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.dataset import RegistrationPair, find_pairs, landmark_path
 from remind2reg.inference.io.displacement import read_displacement, write_displacement
 from remind2reg.inference.io.landmarks import read_landmarks_csv, read_tag_file, write_landmarks_csv
 from remind2reg.inference.io.nifti import read_image, write_image
-
 from tests.conftest import make_case_files, oblique_vox2world
 
 SHAPE = (6, 7, 5)
@@ -122,7 +122,7 @@ def test_real_resect_tag_files_parse(shared_data):
 def test_displacement_is_written_in_challenge_format(tmp_path):
     vox2world = oblique_vox2world()
     disp = np.random.default_rng(0).normal(size=(*SHAPE, 3)).astype(np.float64)
-    path = write_displacement(tmp_path / "disp_0001_0000_0001_0001.nii.gz", disp, vox2world)
+    path = write_displacement(tmp_path / "disp_0001_0000_0001_0001.nii.gz", disp, vox2world, SHAPE)
     img = nib.load(str(path))
     assert img.shape == (*SHAPE, 3) and img.get_data_dtype() == np.float32
     np.testing.assert_allclose(img.affine, vox2world, atol=1e-5)
@@ -134,9 +134,17 @@ def test_invalid_displacement_leaves_no_file(tmp_path):
     disp = np.zeros((*SHAPE, 3))
     disp[1, 2, 3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        write_displacement(tmp_path / "disp_x.nii.gz", disp, np.eye(4))
+        write_displacement(tmp_path / "disp_x.nii.gz", disp, np.eye(4), SHAPE)
     with pytest.raises(ValueError, match="shape"):
-        write_displacement(tmp_path / "disp_y.nii.gz", np.zeros((*SHAPE, 2)), np.eye(4))
+        write_displacement(tmp_path / "disp_y.nii.gz", np.zeros((*SHAPE, 2)), np.eye(4), SHAPE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_displacement_on_another_grid_is_refused(tmp_path):
+    """The field must have the FIXED grid's shape, not merely be (I, J, K, 3)."""
+    other = tuple(n + 1 for n in SHAPE)
+    with pytest.raises(ValueError, match=r"expected \(.*\) \(fixed grid \+ 3\)"):
+        write_displacement(tmp_path / "disp_z.nii.gz", np.zeros((*other, 3)), np.eye(4), SHAPE)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.ndimage
+from scipy.ndimage import map_coordinates
+from scipy.spatial.transform import Rotation
+
 from remind2reg.evaluation.metrics import (
     folding_percent,
     jacobian_determinant,
@@ -13,8 +16,6 @@ from remind2reg.evaluation.metrics import (
     target_registration_error,
 )
 from remind2reg.inference.geometry import affine_displacement, apply_affine
-from scipy.ndimage import map_coordinates
-from scipy.spatial.transform import Rotation
 
 
 def official_tre(fix_lms, mov_lms, disp, spacing_mov):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from remind2reg.inference.features.mind import N_CHANNELS, NEIGHBOURS, PAIRS, box_filter, mind_ssc, shift
 from scipy import ndimage
+
+from remind2reg.inference.core.mind import N_CHANNELS, NEIGHBOURS, PAIRS, box_filter, mind_ssc, shift
 
 
 @pytest.fixture

@@ -7,20 +7,20 @@ import subprocess
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
 from remind2reg.inference.affine.binaries import niftyreg_executable
 from remind2reg.inference.affine.niftyreg import (
-    AladinSettings,
     downsample,
     read_aladin_matrix,
     run_aladin,
     write_aladin_matrix,
 )
-from remind2reg.inference.geometry import apply_affine, identity_grid, resample_to_grid
+from remind2reg.inference.geometry import apply_affine, resample_to_grid
 from remind2reg.inference.io.nifti import Image, write_image
-from scipy import ndimage
-from scipy.spatial.transform import Rotation
-
-from tests.conftest import oblique_vox2world
+from remind2reg.inference.settings import AladinSettings
+from tests.conftest import oblique_vox2world, voxel_grid
 
 FIXED_SHAPE = (56, 60, 48)
 MOVING_SHAPE = (60, 56, 52)
@@ -55,7 +55,7 @@ def _pair(f2m: np.ndarray):
 
     def render(shape, vox2world, world_map=None):
         world_map = np.eye(4) if world_map is None else world_map
-        world = apply_affine(world_map @ vox2world, identity_grid(shape).reshape(-1, 3))
+        world = apply_affine(world_map @ vox2world, voxel_grid(shape).reshape(-1, 3))
         coords = apply_affine(np.linalg.inv(base_v2w), world).T
         return ndimage.map_coordinates(base, coords, order=1).reshape(shape).astype(np.float32) * 1000 + 500
 
@@ -66,7 +66,7 @@ def _pair(f2m: np.ndarray):
 
 
 def _max_error_mm(estimate: np.ndarray, truth: np.ndarray, fixed: Image) -> float:
-    inner = identity_grid(FIXED_SHAPE)[10:-10:4, 10:-10:4, 10:-10:4].reshape(-1, 3)
+    inner = voxel_grid(FIXED_SHAPE)[10:-10:4, 10:-10:4, 10:-10:4].reshape(-1, 3)
     pts = apply_affine(fixed.vox2world, inner)
     return float(np.linalg.norm(apply_affine(estimate, pts) - apply_affine(truth, pts), axis=1).max())
 

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from remind2reg.inference.affine.binaries import NIFTYREG_DIR_ENV, niftyreg_executable, niftyreg_version
 
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")

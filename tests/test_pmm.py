@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from remind2reg.evaluation.pmm import patch_nmi_from_histograms, patchwise_nmi, quantise
 from scipy import ndimage
+
+from remind2reg.evaluation.pmm import patch_nmi_from_histograms, patchwise_nmi, quantise
 
 SHAPE = (26, 22, 19)  # not multiples of the stride: padding is exercised
 

@@ -12,44 +12,33 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+
 from remind2reg.evaluation.metrics import jacobian_determinant
-from remind2reg.inference.deformable.fields import compose, identity_voxels, warp
+from remind2reg.inference.core.fields import compose, identity_voxels, jacobian_det, warp
+from remind2reg.inference.core.losses import soft_dice
 from remind2reg.inference.errors import InputError
-from remind2reg.inference.refinement.model import (
-    DEFAULT_WEIGHTS_NAME,
-    REPO_ROOT,
-    NetConfig,
-    RefinerNet,
-    default_weights_path,
-    load_weights,
-    normalise,
-    save_weights,
-)
-from remind2reg.inference.refinement.stage import (
-    RefineSettings,
-    TTOLoss,
-    jacobian_det,
-    optimise_residual,
-    refine,
-)
+from remind2reg.inference.paths import DEFAULT_WEIGHTS_NAME, default_weights_path
+from remind2reg.inference.refinement.model import RefinerNet, load_weights, normalise, save_weights
+from remind2reg.inference.refinement.tto import TTOLoss, optimise_residual
+from remind2reg.inference.settings import NETS, NetConfig, RefineSettings
+from remind2reg.inference.stages.refinement import refine
 from remind2reg.training.deform import random_deformation
 from remind2reg.training.intensity import gaussian_blur, mr_image, us_image
 from remind2reg.training.labels import one_hot, random_label_maps
 from remind2reg.training.train import (
     CHECKPOINT,
-    NETS,
     TrainConfig,
     load_checkpoint,
     make_pair,
     pair_loss,
-    soft_dice,
     train,
     validate,
     validation_pairs,
 )
+from tests.conftest import REPO
 
 TINY = NetConfig(encoder=(4, 8, 8), decoder=(8,), final=4, squaring_steps=5)
-SHIPPED = REPO_ROOT / "weights" / DEFAULT_WEIGHTS_NAME
+SHIPPED = REPO / "weights" / DEFAULT_WEIGHTS_NAME
 
 
 @pytest.fixture(autouse=True)

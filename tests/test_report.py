@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from scipy import ndimage
+
+from remind2reg.cli import main
 from remind2reg.evaluation.evaluate import evaluate
 from remind2reg.evaluation.metrics import jacobian_determinant
-from remind2reg.evaluation.report import Crop, build_report, det_j_plane
+from remind2reg.evaluation.qc import Crop, det_j_plane
+from remind2reg.evaluation.report import build_report
 from remind2reg.inference.errors import EXIT_FAILURE, EXIT_INPUT
 from remind2reg.inference.io.displacement import write_displacement
 from remind2reg.inference.io.landmarks import write_landmarks_csv
 from remind2reg.inference.io.nifti import write_image
-from scipy import ndimage
-
-from remind2reg.cli import main
 
 SHAPE = (40, 40, 40)
 VOX2WORLD = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -47,7 +48,7 @@ def shifted_case(tmp_path) -> tuple[Path, Path]:
     write_landmarks_csv(lms / "ReMIND2Reg_0001_0002.csv", fix + [SHIFT, 0, 0])
     truth = np.zeros((*SHAPE, 3), dtype=np.float32)
     truth[..., 0] = SHIFT
-    write_displacement(pred / "disp_0001_0000_0001_0001.nii.gz", truth, VOX2WORLD)
+    write_displacement(pred / "disp_0001_0000_0001_0001.nii.gz", truth, VOX2WORLD, SHAPE)
     return root, pred
 
 
@@ -73,7 +74,7 @@ def test_report_draws_each_pair_and_lists_a_missing_one(shifted_case, tmp_path):
 
 def test_report_table_uses_the_evaluator_numbers(shifted_case, tmp_path):
     root, pred = shifted_case
-    write_displacement(pred / "disp_0001_0000_0001_0002.nii.gz", np.zeros((*SHAPE, 3)), VOX2WORLD)
+    write_displacement(pred / "disp_0001_0000_0001_0002.nii.gz", np.zeros((*SHAPE, 3)), VOX2WORLD, SHAPE)
     (pred / "timings.json").write_text(
         json.dumps({"pairs": {"disp_0001_0000_0001_0002.nii.gz": {"total_s": 1.5, "fallback": "identity"}}})
     )

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from remind2reg.cli import main
 from remind2reg.inference.errors import EXIT_INPUT, EXIT_OK, InputError
 from remind2reg.inference.io.dataset import find_pairs
 from remind2reg.inference.io.landmarks import write_landmarks_csv
 from remind2reg.inference.io.nifti import read_image, write_image
-
-from remind2reg.cli import main
 from tests.conftest import make_case_files, oblique_vox2world
 
 SHAPE = (20, 22, 18)
@@ -92,7 +92,7 @@ def test_bad_image_fails_its_case_only_and_writes_nothing_for_it(
     path = _image(two_cases, mod)
     if name == "missing MR on disk":  # the pair is found, then the file vanishes before it is read
         pairs = find_pairs(two_cases)
-        monkeypatch.setattr("remind2reg.inference.pipeline.find_pairs", lambda *args, **kwargs: pairs)
+        monkeypatch.setattr("remind2reg.inference.batch.find_pairs", lambda *args, **kwargs: pairs)
     corrupt(path)
     assert register(two_cases, tmp_path / "out") == EXIT_INPUT
     assert f"case 0002, file {path}: {message}" in caplog.text

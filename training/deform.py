@@ -3,14 +3,15 @@ and integrated by scaling and squaring.
 
 A field is ``(B, 3, D, H, W)``; channel ``c`` is the displacement along array axis ``c`` in
 voxels of the grid it lives on, fixed -> moving (``warped(x) = moving(x + u(x))``), as in
-:mod:`inference.deformable.fields`. No axis is permuted or flipped anywhere here.
+:mod:`remind2reg.inference.core.fields`. No axis is permuted or flipped anywhere here.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from remind2reg.inference.refinement.model import integrate
+
+from remind2reg.inference.core.fields import integrate
 
 
 def upsampled_noise(
@@ -63,8 +64,8 @@ def random_deformation(
     """Displacement ``exp(v)`` ``(B, 3, *shape)`` (voxels of ``shape``) of :func:`random_velocity`.
 
     The velocity is drawn and integrated on the half grid (``n // 2`` per side) with sd up to
-    ``max_std / 2`` half-grid voxels; :func:`~inference.refinement.model.integrate` then
-    resizes it with :func:`~inference.deformable.fields.resize_field`, which multiplies the
+    ``max_std / 2`` half-grid voxels; :func:`~remind2reg.inference.core.fields.integrate` then
+    resizes it with :func:`~remind2reg.inference.core.fields.resize_field`, which multiplies the
     vectors once by ``(n - 1) / (n // 2 - 1)`` (about 2; corner-aligned grids), so the sd is
     about ``max_std`` voxels of ``shape``.
     """

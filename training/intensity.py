@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from remind2reg.inference.deformable.fields import identity_voxels
-from remind2reg.inference.features.mind import separable_filter
+
+from remind2reg.inference.core.fields import identity_voxels
+from remind2reg.inference.core.mind import separable_filter
 from remind2reg.training.deform import upsampled_noise
 from remind2reg.training.labels import one_hot
 
@@ -76,7 +77,7 @@ def gaussian_blur(x: torch.Tensor, sigmas: tuple[float, float, float]) -> torch.
     """Separable Gaussian blur of ``(N, C, D, H, W)`` with sd ``sigmas`` (voxels) per axis.
 
     A Gaussian kernel of radius ``ceil(3 sd)`` through
-    :func:`inference.features.mind.separable_filter` (replicate padding); an sd below 0.1
+    :func:`remind2reg.inference.core.mind.separable_filter` (replicate padding); an sd below 0.1
     voxel leaves that axis alone.
     """
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from remind2reg.inference.deformable.fields import warp
+
+from remind2reg.inference.core.fields import warp
 from remind2reg.training.deform import random_deformation, upsampled_noise
 
 

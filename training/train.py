@@ -1,14 +1,14 @@
 """The SynthMorph training loop of the refinement network, on synthetic pairs only.
 
-A pair (:func:`make_pair`): one random label map (:mod:`training.labels`), two independent
-random deformations of it (:mod:`training.deform`), an image of each (fixed: ultrasound-like
-with probability ``p_us``, else MR-like; moving: MR-like; :mod:`training.intensity`), each
-normalised by :func:`inference.refinement.model.normalise`.
+A pair (:func:`make_pair`): one random label map (:mod:`remind2reg.training.labels`), two independent
+random deformations of it (:mod:`remind2reg.training.deform`), an image of each (fixed: ultrasound-like
+with probability ``p_us``, else MR-like; moving: MR-like; :mod:`remind2reg.training.intensity`), each
+normalised by :func:`remind2reg.inference.refinement.model.normalise`.
 
 Loss: ``1 - Dice(G * onehot_fixed, warp(G * onehot_moving, u)) + lam * grad(u)``, the soft Dice
 averaged over the labels present, inside the fixed sector (the whole volume for an MR-like fixed
 image), of the one-hot label maps smoothed by a Gaussian ``G`` of sd ``label_sigma`` voxels;
-``grad`` is :func:`inference.deformable.fields.diffusion_penalty` of the full-resolution field
+``grad`` is :func:`remind2reg.inference.core.losses.diffusion_penalty` of the full-resolution field
 ``u`` (voxels, fixed -> moving: ``warped(x) = moving(x + u(x))``). The smoothing matters: the
 Dice of hard one-hot maps has a gradient only within one voxel of a boundary, and with it the
 network never moved off the identity (``benchmarks/refiner_overfit.py``; numbers in
@@ -35,27 +35,27 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from remind2reg.inference.deformable.fields import diffusion_penalty, warp
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from remind2reg.inference.core.fields import warp
+from remind2reg.inference.core.losses import diffusion_penalty, soft_dice
 from remind2reg.inference.refinement.model import (
-    NetConfig,
     RefinerNet,
     count_parameters,
     load_weights,
     normalise,
     save_weights,
 )
+from remind2reg.inference.settings import SMALL_CPU_NET, NetConfig
 from remind2reg.training.deform import random_deformation
 from remind2reg.training.intensity import MRRecipe, USRecipe, gaussian_blur, mr_image, us_image
 from remind2reg.training.labels import one_hot, random_label_maps
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "log.csv"
-SMALL_CPU_NET = NetConfig((12, 24, 24, 24, 24), (24, 24, 24), 12)  # about 0.27 M parameters
-NETS = {"small": SMALL_CPU_NET, "base": NetConfig()}  # base: about 0.5 M parameters, for GPUs
 LOG_FIELDS = ("step", "loss", "dice", "grad", "seconds", "elapsed_s", "val_dice", "val_dice_identity")
 
 
@@ -153,16 +153,6 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one pair per worker process; the workers are the parallelism
 
 
-def soft_dice(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean Dice over the labels present (in ``a`` or ``b`` inside ``mask``), per sample ``(B,)``."""
-    dims = (2, 3, 4)
-    inter = (a * b * mask).sum(dims)
-    total = (a * mask).sum(dims) + (b * mask).sum(dims)
-    present = (total > 1.0).float()
-    dice = 2 * inter / total.clamp_min(1e-6)
-    return (dice * present).sum(1) / present.sum(1).clamp_min(1.0)
-
-
 def pair_loss(
     model: RefinerNet,
     pair: dict[str, torch.Tensor],
@@ -228,6 +218,206 @@ def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(f) if int(row["step"]) <= upto]
 
 
+@dataclass
+class TrainingRun:
+    """The mutable state of one run: model, optimiser, step, step time, log rows, and where they go."""
+
+    out: Path
+    cfg: TrainConfig
+    device: torch.device
+    model: RefinerNet
+    optimiser: torch.optim.Optimizer
+    step: int = 0
+    elapsed: float = 0.0  # cumulative step seconds (pair wait, forward, backward)
+    rows: list[dict[str, str]] = field(default_factory=list)
+    validation: tuple[int, float, float] | None = None  # (step, Dice after, Dice of the identity), last
+
+    def validate(self, pairs: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+        """Validate the current model and remember it (:func:`validate`)."""
+        after, before = validate(self.model, pairs, self.device)
+        self.validation = (self.step, after, before)
+        return after, before
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` (model, optimiser, RNG states, step, config) and ``log.csv``."""
+        _save_checkpoint(
+            self.out / CHECKPOINT,
+            {
+                "model": self.model.state_dict(),
+                "optimiser": self.optimiser.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+                "step": self.step,
+                "elapsed_s": self.elapsed,
+                "config": asdict(self.cfg),
+            },
+        )
+        with (self.out / LOG_CSV).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def train_step(self, pair: dict[str, torch.Tensor]) -> tuple[float, float, float]:
+        """One optimiser step on ``pair``; returns (loss, hard-label Dice, gradient penalty)."""
+        cfg = self.cfg
+        self.optimiser.zero_grad(set_to_none=True)
+        loss, dice, grad = pair_loss(self.model, pair, cfg.lam, self.device, cfg.label_sigma)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        if torch.isfinite(norm):
+            self.optimiser.step()
+        else:  # a non-finite gradient would poison Adam's moments: skip the step
+            log.warning("step %d: non-finite gradient, update skipped", self.step + 1)
+        self.step += 1
+        return float(loss.detach()), float(dice.detach()), float(grad.detach())
+
+
+def _resumed_config(out: Path, cfg: TrainConfig, state: dict) -> TrainConfig:
+    """The stored config of a checkpoint (``steps`` from ``cfg``), with warnings where they differ."""
+    stored = TrainConfig.from_dict({**state["config"], "steps": cfg.steps})
+    if replace(cfg, init=stored.init) != stored:
+        log.warning("Resuming %s with its stored settings; those given now (except steps) are ignored", out)
+    if int(state["step"]) >= stored.steps:
+        log.warning(
+            "%s is already at step %d >= steps %d: nothing to train (raise --steps)",
+            out, int(state["step"]), stored.steps,
+        )  # fmt: skip
+    return stored
+
+
+def _initial_model(
+    cfg: TrainConfig, dev: torch.device, init: str | Path | None
+) -> tuple[RefinerNet, TrainConfig]:
+    """A new network (seeded), or the weights of ``init`` with their architecture."""
+    if init is None:
+        return RefinerNet(cfg.net).to(dev), cfg
+    model = load_weights(init, dev).train()
+    cfg = replace(cfg, net=model.config, init=str(init))
+    source = torch.load(init, map_location="cpu", weights_only=True).get("meta", {}).get("train_config", {})
+    if source.get("seed") == cfg.seed:
+        log.warning(
+            "--init %s with the seed of its own run (%d) replays its pairs: pass another --seed",
+            init,
+            cfg.seed,
+        )
+    log.info("Starting from the weights %s", init)
+    return model, cfg
+
+
+def setup_run(
+    out: Path, cfg: TrainConfig, resume: bool, dev: torch.device, init: str | Path | None
+) -> TrainingRun:
+    """A new run in ``out``, or the one its checkpoint holds (``resume``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(out) if resume and (out / CHECKPOINT).is_file() else None
+    if state is not None:
+        cfg = _resumed_config(out, cfg, state)
+    torch.manual_seed(cfg.seed)
+    model, cfg = _initial_model(cfg, dev, init if state is None else None)
+    run = TrainingRun(out, cfg, dev, model, torch.optim.Adam(model.parameters(), lr=cfg.lr))
+    if state is not None:
+        model.load_state_dict(state["model"])
+        run.optimiser.load_state_dict(state["optimiser"])
+        torch.set_rng_state(state["torch_rng"])
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        run.step, run.elapsed = int(state["step"]), float(state["elapsed_s"])
+        log.info("Resuming %s at step %d (%.1f min so far)", out, run.step, run.elapsed / 60)
+    run.rows = _read_log(out / LOG_CSV, run.step)
+    log.info(
+        "Refiner %s, %d parameters, %d^3 pairs, batch %d, device %s, %d torch threads",
+        cfg.net.encoder, count_parameters(model), cfg.size, cfg.batch, dev, torch.get_num_threads(),
+    )  # fmt: skip
+    return run
+
+
+def _pair_loader(run: TrainingRun, workers: int) -> DataLoader:
+    """The batches of steps ``run.step .. steps - 1``, made ahead by ``workers`` processes."""
+    return DataLoader(
+        PairStream(run.cfg),
+        batch_size=None,  # a PairStream item is already a batch
+        sampler=range(run.step, run.cfg.steps),
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        pin_memory=run.device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+
+
+def run_loop(
+    run: TrainingRun,
+    val: list[dict[str, torch.Tensor]],
+    workers: int,
+    max_minutes: float | None,
+    progress: bool,
+) -> bool:
+    """Train until ``steps`` or ``max_minutes``; returns whether it stopped early."""
+    cfg = run.cfg
+    session_start = time.perf_counter()
+    run.model.train()
+    bar = tqdm(
+        total=cfg.steps, initial=run.step, disable=not progress, desc="train-refiner", dynamic_ncols=True
+    )
+    stopped_early = False
+    t0 = time.perf_counter()
+    for pair in _pair_loader(run, workers):  # the batches of steps step, step + 1, ..., cfg.steps - 1
+        loss, dice, grad = run.train_step(pair)
+        dt = time.perf_counter() - t0
+        run.elapsed += dt
+        row = {
+            "step": run.step, "loss": f"{loss:.5f}", "dice": f"{dice:.5f}", "grad": f"{grad:.6f}",
+            "seconds": f"{dt:.3f}", "elapsed_s": f"{run.elapsed:.1f}", "val_dice": "", "val_dice_identity": "",
+        }  # fmt: skip
+        if run.step % cfg.val_every == 0 or run.step == cfg.steps:
+            after, before = run.validate(val)
+            row["val_dice"], row["val_dice_identity"] = f"{after:.5f}", f"{before:.5f}"
+            log.info("step %d: validation Dice %.4f (identity %.4f)", run.step, after, before)
+        run.rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", dice=f"{dice:.3f}")
+        if run.step % cfg.save_every == 0:
+            run.checkpoint()
+        if max_minutes is not None and time.perf_counter() - session_start > 60 * max_minutes:
+            stopped_early = run.step < cfg.steps
+            log.info("Stopping after %.1f min at step %d (resume with --resume)", max_minutes, run.step)
+            break
+        t0 = time.perf_counter()  # the next step's time includes waiting for its pair
+    bar.close()
+    return stopped_early
+
+
+def finish_run(
+    run: TrainingRun, val: list[dict[str, torch.Tensor]], stopped_early: bool, export: str | Path | None
+) -> dict:
+    """Validate the final state (unless just done), checkpoint, export; returns the summary."""
+    if run.validation is not None and run.validation[0] == run.step:
+        after, before = run.validation[1:]
+    else:  # the final state is always validated, and logged
+        after, before = run.validate(val)
+        if run.rows and int(run.rows[-1]["step"]) == run.step:
+            run.rows[-1]["val_dice"], run.rows[-1]["val_dice_identity"] = f"{after:.5f}", f"{before:.5f}"
+    run.checkpoint()  # every exit: the last step, an early stop, or nothing left to do
+    summary = {
+        "step": run.step,
+        "elapsed_s": run.elapsed,
+        "val_dice": after,
+        "val_dice_identity": before,
+        "parameters": count_parameters(run.model),
+        "finished": not stopped_early and run.step >= run.cfg.steps,
+    }
+    if export is not None:
+        meta = {
+            **summary,
+            "train_config": asdict(run.cfg),
+            "device": str(run.device),
+            "threads": torch.get_num_threads(),
+        }
+        save_weights(run.model, export, meta=meta)
+        log.info("Exported weights to %s", export)
+    return summary
+
+
 def train(
     out: str | Path,
     cfg: TrainConfig = TrainConfig(),
@@ -244,192 +434,13 @@ def train(
     With ``resume`` and an existing ``out/checkpoint.pt`` the run continues from it (its
     stored :class:`TrainConfig` wins, except ``steps``, taken from ``cfg``). ``max_minutes``
     stops this session early (after a checkpoint) so that long trainings run in slices.
-    ``export`` writes the final weights with :func:`inference.refinement.model.save_weights`.
+    ``export`` writes the final weights with :func:`~remind2reg.inference.refinement.model.save_weights`.
     ``workers`` processes make the pairs ahead (0: in this process); the pairs, and so the
     result, do not depend on it. ``init`` (a weight file, e.g. the shipped one) starts a new
     run from those weights, with their architecture and a fresh optimiser; a run resumed from
     its checkpoint ignores it.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
-    ckpt_path = out / CHECKPOINT
-    state = load_checkpoint(out) if resume and ckpt_path.is_file() else None
-    if state is not None:
-        stored = TrainConfig.from_dict({**state["config"], "steps": cfg.steps})
-        if replace(cfg, init=stored.init) != stored:
-            log.warning(
-                "Resuming %s with its stored settings; those given now (except steps) are ignored", out
-            )
-        cfg = stored
-        if int(state["step"]) >= cfg.steps:
-            log.warning(
-                "%s is already at step %d >= steps %d: nothing to train (raise --steps)",
-                out, int(state["step"]), cfg.steps,
-            )  # fmt: skip
-    torch.manual_seed(cfg.seed)
-    if state is None and init is not None:
-        model = load_weights(init, dev).train()
-        cfg = replace(cfg, net=model.config, init=str(init))
-        source = (
-            torch.load(init, map_location="cpu", weights_only=True).get("meta", {}).get("train_config", {})
-        )
-        if source.get("seed") == cfg.seed:
-            log.warning(
-                "--init %s with the seed of its own run (%d) replays its pairs: pass another --seed",
-                init,
-                cfg.seed,
-            )
-        log.info("Starting from the weights %s", init)
-    else:
-        model = RefinerNet(cfg.net).to(dev)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step, elapsed = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        torch.set_rng_state(state["torch_rng"])
-        if dev.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        step, elapsed = int(state["step"]), float(state["elapsed_s"])
-        log.info("Resuming %s at step %d (%.1f min so far)", out, step, elapsed / 60)
-    rows = _read_log(out / LOG_CSV, step)
-    log.info(
-        "Refiner %s, %d parameters, %d^3 pairs, batch %d, device %s, %d torch threads",
-        cfg.net.encoder, count_parameters(model), cfg.size, cfg.batch, dev, torch.get_num_threads(),
-    )  # fmt: skip
-    val = validation_pairs(cfg)
-    loader = DataLoader(
-        PairStream(cfg),
-        batch_size=None,  # a PairStream item is already a batch
-        sampler=range(step, cfg.steps),
-        num_workers=workers,
-        worker_init_fn=_worker_init if workers > 0 else None,
-        pin_memory=dev.type == "cuda",
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )
-
-    def checkpoint() -> None:
-        _save_checkpoint(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if dev.type == "cuda" else None,
-                "step": step,
-                "elapsed_s": elapsed,
-                "config": asdict(cfg),
-            },
-        )
-        with (out / LOG_CSV).open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    session_start = time.perf_counter()
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train-refiner", dynamic_ncols=True)
-    stopped_early = False
-    validated_at = -1  # the step of the last validation (the final one reuses it)
-    t0 = time.perf_counter()
-    for pair in loader:  # the batches of steps step, step + 1, ..., cfg.steps - 1
-        optimiser.zero_grad(set_to_none=True)
-        loss, dice, grad = pair_loss(model, pair, cfg.lam, dev, cfg.label_sigma)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        if torch.isfinite(norm):
-            optimiser.step()
-        else:  # a non-finite gradient would poison Adam's moments: skip the step
-            log.warning("step %d: non-finite gradient, update skipped", step + 1)
-        step += 1
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        loss, dice, grad = float(loss.detach()), float(dice.detach()), float(grad.detach())
-        row = {
-            "step": step,
-            "loss": f"{loss:.5f}",
-            "dice": f"{dice:.5f}",
-            "grad": f"{grad:.6f}",
-            "seconds": f"{dt:.3f}",
-            "elapsed_s": f"{elapsed:.1f}",
-            "val_dice": "",
-            "val_dice_identity": "",
-        }
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            after, before = validate(model, val, dev)
-            validated_at = step
-            row["val_dice"], row["val_dice_identity"] = f"{after:.5f}", f"{before:.5f}"
-            log.info("step %d: validation Dice %.4f (identity %.4f)", step, after, before)
-        rows.append(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", dice=f"{dice:.3f}")
-        if step % cfg.save_every == 0:
-            checkpoint()
-        if max_minutes is not None and time.perf_counter() - session_start > 60 * max_minutes:
-            stopped_early = step < cfg.steps
-            log.info("Stopping after %.1f min at step %d (resume with --resume)", max_minutes, step)
-            break
-        t0 = time.perf_counter()  # the next step's time includes waiting for its pair
-    bar.close()
-    if validated_at != step:  # the final state is always validated, and logged
-        after, before = validate(model, val, dev)
-        if rows and int(rows[-1]["step"]) == step:
-            rows[-1]["val_dice"], rows[-1]["val_dice_identity"] = f"{after:.5f}", f"{before:.5f}"
-    checkpoint()  # every exit: the last step, an early stop, or nothing left to do
-    summary = {
-        "step": step,
-        "elapsed_s": elapsed,
-        "val_dice": after,
-        "val_dice_identity": before,
-        "parameters": count_parameters(model),
-        "finished": not stopped_early and step >= cfg.steps,
-    }
-    if export is not None:
-        meta = {
-            **summary,
-            "train_config": asdict(cfg),
-            "device": str(dev),
-            "threads": torch.get_num_threads(),
-        }
-        save_weights(model, export, meta=meta)
-        log.info("Exported weights to %s", export)
-    return summary
-
-
-def plot_log(csv_path: str | Path, png_path: str | Path) -> Path:
-    """Training loss/Dice (running mean over 200 steps) and validation Dice curves as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    with Path(csv_path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    step = np.array([int(r["step"]) for r in rows])
-    loss = np.array([float(r["loss"]) for r in rows])
-    dice = np.array([float(r["dice"]) for r in rows])
-    k = min(200, len(rows))
-    kernel = np.ones(k) / k
-    val = [
-        (int(r["step"]), float(r["val_dice"]), float(r["val_dice_identity"])) for r in rows if r["val_dice"]
-    ]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(step[k - 1 :], np.convolve(loss, kernel, "valid"), label="loss (running mean)")
-    ax[0].set_xlabel("step")
-    ax[0].legend()
-    ax[1].plot(step[k - 1 :], np.convolve(dice, kernel, "valid"), label="train Dice (running mean)")
-    if val:
-        v = np.array(val)
-        ax[1].plot(v[:, 0], v[:, 1], "o-", label="validation Dice")
-        ax[1].plot(v[:, 0], v[:, 2], "--", label="validation, identity")
-    ax[1].set_xlabel("step")
-    ax[1].legend()
-    fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
-    return png_path
+    run = setup_run(Path(out), cfg, resume, torch.device(device), init)
+    val = validation_pairs(run.cfg)
+    stopped_early = run_loop(run, val, workers, max_minutes, progress)
+    return finish_run(run, val, stopped_early, export)

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
 from remind2reg.inference.geometry import resample_to_grid, same_grid
 from remind2reg.inference.io.atomic import write_text_atomic
 from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
@@ -242,7 +243,7 @@ def register_folder(
         t1 = time.perf_counter()
         disp = register_arrays(fixed.array, moving.array, preset)
         t2 = time.perf_counter()
-        write_displacement(output_dir / pair.output_name, disp, fixed.vox2world)
+        write_displacement(output_dir / pair.output_name, disp, fixed.vox2world, fixed.shape)
         t3 = time.perf_counter()
         rec.stages = {"load": t1 - t0, "register": t2 - t1, "write": t3 - t2}
         rec.peak_rss_mb = _peak_rss_mb()

@@ -2,7 +2,7 @@
 
 ``reg_aladin`` matches blocks by intensity NCC, which is weak between MR and ultrasound. Here
 blocks are compared by the SSD of their MIND-SSC descriptors (modality independent), using
-the same cost volume as the deformable stage (:func:`inference.deformable.convex.cost_volume`):
+the same cost volume as the deformable stage (:func:`remind2reg.inference.core.correlation.cost_volume`):
 a block is a coarse cell of ``grid_sp`` working voxels, aggregated over its 3^3 neighbours.
 
 One iteration, on the working grid (voxel coordinates ``(i, j, k)``):
@@ -28,40 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from remind2reg.inference.core.pointfit import FIT_KINDS, lts_fit
-from remind2reg.inference.deformable.convex import cost_volume, displacement_offsets, pool
-from remind2reg.inference.deformable.fields import affine_field, warp
+
+from remind2reg.inference.core.correlation import cost_volume, displacement_offsets, pool
+from remind2reg.inference.core.fields import affine_field, warp
+from remind2reg.inference.core.pointfit import lts_fit
 from remind2reg.inference.geometry import apply_affine
+from remind2reg.inference.settings import TRANSFORMS, BlockLevel, BlockMatchSettings
 
 log = logging.getLogger(__name__)
 
-TRANSFORMS = FIT_KINDS
 MIN_MATCHES = 8  # fewer matches than this end the search (a rigid fit needs 3, an affine 4)
-
-
-@dataclass(frozen=True)
-class BlockLevel:
-    grid_sp: int  # working voxels per block (cell)
-    disp_hw: int  # search half-width in cells: +- grid_sp * disp_hw working voxels
-    iterations: int = 3  # match -> fit rounds at this level
-
-
-@dataclass(frozen=True)
-class BlockMatchSettings:
-    levels: tuple[BlockLevel, ...] = (
-        BlockLevel(grid_sp=4, disp_hw=4, iterations=2),  # 4 mm blocks, +-16 mm
-        BlockLevel(grid_sp=2, disp_hw=2, iterations=1),  # 2 mm blocks, +-4 mm
-    )
-    block_fraction: float = 0.5  # keep this fraction of sector cells: the most textured (-pv)
-    min_sector_fraction: float = 0.75  # a cell must lie this much inside the sector
-    inlier_fraction: float = 0.5  # LTS: matches kept per refit (-pi); tolerates < 1 - this outliers
-    lts_iterations: int = 20
-
-    def __post_init__(self) -> None:
-        if not 0 < self.inlier_fraction <= 1 or not 0 < self.block_fraction <= 1:
-            raise ValueError("blockmatch.inlier_fraction and block_fraction must be in (0, 1]")
-        if not self.levels:
-            raise ValueError("blockmatch.levels must not be empty")
 
 
 # ----------------------------------------------------------------------------- matching

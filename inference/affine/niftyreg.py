@@ -22,25 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
 from remind2reg.inference.affine.binaries import niftyreg_executable
 from remind2reg.inference.errors import Remind2RegError
 from remind2reg.inference.io.nifti import Image, write_image
+from remind2reg.inference.settings import AladinSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AladinSettings:
-    # Defaults follow the organisers' ReMIND2Reg baseline (-noSym -nac -ln 2 -lp 10, both masks),
-    # with inputs averaged to 1 mm so that its two levels run at 2 and 1 mm.
-    working_spacing_mm: float = 1.0  # images are averaged down to about this spacing first
-    rigid_only: bool = False  # False: rigid, then affine initialised by the rigid result
-    symmetric: bool = False
-    levels: int = 2  # -ln: pyramid levels built
-    levels_to_perform: int = 2  # -lp: of which the coarsest ones are run
-    block_percent: int = 50  # -pv: % of blocks (highest variance) used
-    inlier_percent: int = 50  # -pi: % of matches kept by the least trimmed squares fit
-    threads: int | None = None  # -omp; None: NiftyReg's default
 
 
 @dataclass

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from remind2reg.inference.geometry import apply_affine
 
-FIT_KINDS = ("rigid", "affine")
+from remind2reg.inference.geometry import apply_affine
+from remind2reg.inference.settings import TRANSFORMS
 
 
 def _check_points(src: NDArray, dst: NDArray, minimum: int, kind: str) -> tuple[NDArray, NDArray]:
@@ -76,8 +76,8 @@ def lts_fit(
     outliers the fit is that of the inliers alone (as long as the first all-point fit
     already ranks most inliers first, which holds for moderate outlier fractions).
     """
-    if transform not in FIT_KINDS:
-        raise ValueError(f"transform must be one of {FIT_KINDS}, got {transform!r}")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     fit = fit_rigid if transform == "rigid" else fit_affine
     minimum = 3 if transform == "rigid" else 4
     src, dst = _check_points(src, dst, minimum, transform)

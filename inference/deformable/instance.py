@@ -9,30 +9,19 @@ the upsampled displacement, plus ``lambda`` times the diffusion penalty of the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from remind2reg.inference.deformable.convex import pool
-from remind2reg.inference.deformable.fields import (
+
+from remind2reg.inference.core.correlation import pool
+from remind2reg.inference.core.fields import (
     box_smooth,
-    diffusion_penalty,
     pool_cells,
     resize_field,
     scaling_and_squaring,
     upsample_cells,
     warp,
 )
-
-
-@dataclass(frozen=True)
-class AdamSettings:
-    grid_sp: int = 4  # working voxels per control point
-    feature_pool: int = 2  # features are averaged by this factor for the similarity (speed)
-    iterations: int = 50
-    learning_rate: float = 0.5  # coarse voxels
-    regularisation: float = 0.5  # lambda of the diffusion penalty
-    smoothing_passes: int = 3  # 3^3 box filters applied to v at each step
-    squaring_steps: int = 5
+from remind2reg.inference.core.losses import diffusion_penalty, masked_ssd
+from remind2reg.inference.settings import AdamSettings
 
 
 def coarse_shape(shape: tuple[int, ...], grid_sp: int) -> tuple[int, int, int]:
@@ -72,7 +61,6 @@ def instance_optimise(
         v0 = velocity_from_displacement(resize_field(pool_cells(init, k), cshape), settings.squaring_steps)
     velocity = torch.nn.Parameter(v0)
     optimiser = torch.optim.Adam([velocity], lr=settings.learning_rate)
-    norm = weight.sum().clamp_min(1.0) * fixed_f.shape[1]
 
     def displacement() -> tuple[torch.Tensor, torch.Tensor]:
         coarse = scaling_and_squaring(
@@ -84,7 +72,7 @@ def instance_optimise(
     for _ in range(settings.iterations):
         optimiser.zero_grad()
         coarse, disp = displacement()
-        similarity = (((fixed_f - warp(moving_f, disp)) ** 2) * weight).sum() / norm
+        similarity = masked_ssd(fixed_f, warp(moving_f, disp), weight)
         loss = similarity + settings.regularisation * diffusion_penalty(coarse)
         loss.backward()
         optimiser.step()

@@ -7,16 +7,24 @@ VOXELS of the fixed grid along the array axes, from fixed to moving:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
+
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.nifti import write_image
 
-# Written beside the fields by `remind2reg register`: seconds per output file and per stage.
-TIMINGS_FILE = "timings.json"
+
+@dataclass(frozen=True)
+class SharedField:
+    """One challenge-format field ``(I, J, K, 3)`` (fixed voxels, fixed -> moving) and the
+    moving sequences it serves (``("0001", "0002")`` when ceT1 and T2 share one transform)."""
+
+    modalities: tuple[str, ...]
+    field: NDArray[np.float32]
 
 
 def validate_displacement(disp: NDArray, fixed_shape: tuple[int, ...], name: str = "displacement") -> None:
@@ -28,12 +36,17 @@ def validate_displacement(disp: NDArray, fixed_shape: tuple[int, ...], name: str
         raise ValueError(f"{name}: contains NaN or Inf")
 
 
-def write_displacement(path: str | Path, disp: NDArray, fixed_vox2world: NDArray) -> Path:
-    """Validate and write a challenge displacement field atomically (float32)."""
+def write_displacement(
+    path: str | Path, disp: NDArray, fixed_vox2world: NDArray, fixed_shape: tuple[int, ...]
+) -> Path:
+    """Validate a challenge displacement field against the fixed grid and write it atomically (float32).
+
+    Raises ValueError unless ``disp`` has shape ``fixed_shape + (3,)`` and finite values.
+    """
     path = Path(path)
     if not path.name.endswith(".nii.gz"):
         raise ValueError(f"{path}: displacement files must end in .nii.gz")
-    validate_displacement(disp, disp.shape[:3], name=path.name)
+    validate_displacement(disp, fixed_shape, name=path.name)
     return write_image(path, disp, fixed_vox2world, dtype=np.float32)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.atomic import write_text_atomic
 

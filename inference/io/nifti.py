@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
+
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.geometry import voxel_spacing
 from remind2reg.inference.io.atomic import atomic_path
@@ -51,7 +52,9 @@ def _load(path: Path, case: str | None) -> nib.Nifti1Image:
     return img
 
 
-def _check_header(img: nib.Nifti1Image, path: Path, case: str | None) -> tuple[int, int, int]:
+def _check_header(
+    img: nib.spatialimages.SpatialImage, path: Path | None, case: str | None
+) -> tuple[int, int, int]:
     """The 3D shape announced by the header; raises unless it is a plausible 3D real image."""
     shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -75,14 +78,24 @@ def _check_header(img: nib.Nifti1Image, path: Path, case: str | None) -> tuple[i
 
 
 def read_image(path: str | Path, case: str | None = None, *, allow_nonfinite: bool = False) -> Image:
-    """Read a 3D NIfTI image as float32 and validate it.
+    """Read a 3D NIfTI image as float32 and validate it (:func:`image_from_nifti`).
 
     Raises :class:`InputError` naming the case and the file when the file is missing, corrupt
     (including a truncated ``.gz``), not 3D (a trailing singleton 4th axis is accepted), empty,
     of a non-real data type, holds NaN/Inf values, or has a singular voxel-to-world matrix.
     """
     path = Path(path)
-    img = _load(path, case)
+    return image_from_nifti(_load(path, case), path, case, allow_nonfinite=allow_nonfinite)
+
+
+def image_from_nifti(
+    img: nib.spatialimages.SpatialImage,
+    path: Path | None = None,
+    case: str | None = None,
+    *,
+    allow_nonfinite: bool = False,
+) -> Image:
+    """A validated float32 :class:`Image` of a nibabel image (read from ``path``, or in memory)."""
     try:
         shape = _check_header(img, path, case)
         array = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
@@ -90,11 +103,29 @@ def read_image(path: str | Path, case: str | None = None, *, allow_nonfinite: bo
         raise
     except Exception as exc:  # zlib, EOF, short reads, scaling overflow, bad sizes: all mean corrupt
         raise InputError(f"image data is truncated or corrupt ({exc})", path=path, case=case) from exc
+    return validated_image(array, np.asarray(img.affine, dtype=np.float64), path, case, allow_nonfinite)
+
+
+def validated_image(
+    array: NDArray,
+    vox2world: NDArray,
+    path: Path | None = None,
+    case: str | None = None,
+    allow_nonfinite: bool = False,
+) -> Image:
+    """An :class:`Image` of a 3D float32 ``array``, checked for NaN/Inf and a usable ``vox2world``."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise InputError(f"expected a non-empty 3D image, found shape {array.shape}", path=path, case=case)
     if not allow_nonfinite and not np.isfinite(array).all():
         n_bad = int((~np.isfinite(array)).sum())
         raise InputError(f"{n_bad} voxels are NaN or Inf", path=path, case=case)
-    vox2world = np.asarray(img.affine, dtype=np.float64)
-    if not np.isfinite(vox2world).all() or abs(np.linalg.det(vox2world[:3, :3])) < 1e-12:
+    vox2world = np.asarray(vox2world, dtype=np.float64)
+    if (
+        vox2world.shape != (4, 4)
+        or not np.isfinite(vox2world).all()
+        or abs(np.linalg.det(vox2world[:3, :3])) < 1e-12
+    ):
         raise InputError("the header's voxel-to-world matrix is singular or invalid", path=path, case=case)
     return Image(array=array, vox2world=vox2world, path=path)
 

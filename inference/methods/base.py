@@ -1,22 +1,36 @@
-"""What a registration method is: images in, one displacement field per moving image out."""
+"""What a registration method is: the images of one case in, one displacement field per group out."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from remind2reg.inference.io.displacement import SharedField
 from remind2reg.inference.io.nifti import Image
 
 
 @dataclass
 class MethodResult:
-    """Challenge-format fields ``(I, J, K, 3)`` by moving modality, and seconds per stage."""
+    """Challenge-format fields ``(I, J, K, 3)``, each shared by one or more moving sequences,
+    the seconds per stage, and notes (global matrices, guard NMI, fallbacks, ...)."""
 
-    fields: dict[str, NDArray[np.float32]]
+    shared: tuple[SharedField, ...]
     stages: dict[str, float] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def per_sequence(cls, fields: Mapping[str, NDArray[np.float32]], **kwargs) -> MethodResult:
+        """One field per moving sequence (nothing shared)."""
+        return cls(tuple(SharedField((mod,), f) for mod, f in fields.items()), **kwargs)
+
+    @property
+    def fields(self) -> dict[str, NDArray[np.float32]]:
+        """The field of every moving sequence (sequences of one group map to the same array)."""
+        return {mod: s.field for s in self.shared for mod in s.modalities}
 
 
 class Method(Protocol):

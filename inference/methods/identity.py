@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from remind2reg.inference.io.displacement import SharedField
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.base import MethodResult
 
@@ -13,4 +15,5 @@ class IdentityMethod:
     name = "identity"
 
     def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult:
-        return MethodResult(fields={mod: np.zeros((*fixed.shape, 3), dtype=np.float32) for mod in moving})
+        zero = np.zeros((*fixed.shape, 3), dtype=np.float32)
+        return MethodResult((SharedField(tuple(moving), zero),))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from remind2reg.inference.affine.niftyreg import AladinSettings, run_aladin
+
+from remind2reg.inference.affine.niftyreg import run_aladin
 from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import affine_displacement
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.base import MethodResult
+from remind2reg.inference.settings import AladinSettings
 
 
 class NiftyRegMethod:
@@ -37,4 +39,4 @@ class NiftyRegMethod:
             )
             stages["field"] += time.perf_counter() - t
             notes[f"fixed2moving_world_{mod}"] = np.round(result.fixed2moving_world, 6).tolist()
-        return MethodResult(fields=fields, stages=stages, notes=notes)
+        return MethodResult.per_sequence(fields, stages=stages, notes=notes)

@@ -1,5 +1,7 @@
-"""Learned refinement of the convex-Adam field (a SynthMorph-style network trained on synthetic data).
+"""Learned refinement engine: a SynthMorph-style network trained on synthetic data.
 
-* :mod:`inference.refinement.model`: the U-Net, its velocity integration, weight files;
-* :mod:`inference.refinement.stage`: :class:`RefineSettings` and :func:`refine`, the pipeline stage.
+* :mod:`~remind2reg.inference.refinement.model`: the U-Net and its weight files;
+* :mod:`~remind2reg.inference.refinement.tto`: test-time optimisation of its residual.
+
+The pipeline stage that uses them is :mod:`remind2reg.inference.stages.refinement`.
 """

@@ -1,6 +1,6 @@
 """A small SynthMorph-style 3D U-Net predicting a stationary velocity field (SVF).
 
-Conventions (the same as :mod:`inference.deformable.fields` and the rest of the code):
+Conventions (the same as :mod:`remind2reg.inference.core.fields` and the rest of the code):
 
 * images are ``(N, 1, D, H, W)`` tensors on the working grid (isotropic, about 1 mm);
 * a displacement field ``u`` is ``(N, 3, D, H, W)`` in voxels of that grid along the array
@@ -8,8 +8,8 @@ Conventions (the same as :mod:`inference.deformable.fields` and the rest of the 
 * the network input is ``cat([fixed, moving], 1)``, each normalised by :func:`normalise`;
 * the network outputs a velocity ``v`` at HALF resolution (``(N, 3, D/2, H/2, W/2)`` of the
   padded input, in voxels of the half grid, same axis order, fixed -> moving); the
-  displacement is ``exp(v)`` by scaling and squaring at half resolution (:func:`integrate`),
-  then resized to the full grid with :func:`inference.deformable.fields.resize_field`, which
+  displacement is ``exp(v)`` by scaling and squaring at half resolution, then resized to the
+  full grid (:func:`remind2reg.inference.core.fields.integrate`), which
   aligns the corner voxels and multiplies the vectors once by ``(n - 1) / (n / 2 - 1)`` per
   axis (about 2): that ratio is what "a half-grid voxel" means here, in training and at
   inference alike. Nothing else rescales the vectors.
@@ -22,49 +22,19 @@ The U-Net has no normalisation layers and LeakyReLU(0.2) activations, as in Synt
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from remind2reg.inference.deformable.fields import resize_field, scaling_and_squaring
-from remind2reg.inference.errors import InputError
 from torch import nn
 
+from remind2reg.inference.core.fields import integrate
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.paths import WEIGHTS_ENV, default_weights_path
+from remind2reg.inference.settings import NetConfig
+
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONTAINER_WEIGHTS = Path("/opt/remind2reg/weights")
-WEIGHTS_ENV = "REMIND2REG_WEIGHTS"
-DEFAULT_WEIGHTS_NAME = "refiner_v2.pt"
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    """Architecture of :class:`RefinerNet` (stored in every weight file).
-
-    ``encoder`` channels per level: level 0 at full resolution, level ``l`` at ``1/2^l``.
-    The decoder goes back up to half resolution, where the velocity is predicted.
-    """
-
-    encoder: tuple[int, ...] = (16, 32, 32, 32, 32)
-    decoder: tuple[int, ...] = (32, 32, 32)  # channels after each up-step (1/8, 1/4, 1/2 for 5 levels)
-    final: int = 16  # extra conv at half resolution before the velocity head
-    squaring_steps: int = 6
-
-    def __post_init__(self) -> None:
-        if len(self.decoder) != len(self.encoder) - 2:
-            raise ValueError("decoder needs len(encoder) - 2 levels (it stops at half resolution)")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> NetConfig:
-        return cls(
-            encoder=tuple(int(c) for c in data["encoder"]),
-            decoder=tuple(int(c) for c in data["decoder"]),
-            final=int(data["final"]),
-            squaring_steps=int(data["squaring_steps"]),
-        )
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -153,16 +123,6 @@ class RefinerNet(nn.Module):
         return self.displacement(self.velocity(self.padded_input(fixed, moving)), shape)  # type: ignore[arg-type]
 
 
-def integrate(velocity: torch.Tensor, shape: tuple[int, int, int], steps: int) -> torch.Tensor:
-    """``exp(velocity)`` by scaling and squaring on the velocity's grid, resized to ``shape``.
-
-    ``velocity`` ``(N, 3, ...)`` is in voxels of its own grid; the result is in voxels of
-    ``shape`` (vectors rescaled once, by :func:`~inference.deformable.fields.resize_field`).
-    Also used by :func:`training.deform.random_deformation`.
-    """
-    return resize_field(scaling_and_squaring(velocity, steps), shape)
-
-
 def normalise(image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Robust [0, 1] scaling: 1st-99th percentile of the voxels in ``mask`` (else > 0), clipped.
 
@@ -180,23 +140,6 @@ def normalise(image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Te
         scale = (hi - lo).clamp_min(1e-6)
         out.append(((image[b : b + 1].float() - lo) / scale).clamp(0.0, 1.0))
     return torch.cat(out, 0)
-
-
-def default_weights_path() -> Path:
-    """``$REMIND2REG_WEIGHTS`` (a file, or a folder holding ``refiner_v2.pt``), else the repo's
-    ``weights/refiner_v2.pt``, else the container's ``/opt/remind2reg/weights/refiner_v2.pt``.
-
-    Never relative to the working directory.
-    """
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        p = Path(env).expanduser()
-        return p / DEFAULT_WEIGHTS_NAME if p.is_dir() else p
-    repo = REPO_ROOT / "weights" / DEFAULT_WEIGHTS_NAME
-    if repo.is_file():
-        return repo
-    container = CONTAINER_WEIGHTS / DEFAULT_WEIGHTS_NAME
-    return container if container.is_file() else repo
 
 
 def save_weights(model: RefinerNet, path: str | Path, meta: dict | None = None, half: bool = False) -> Path:
@@ -217,7 +160,7 @@ def save_weights(model: RefinerNet, path: str | Path, meta: dict | None = None, 
 def load_weights(path: str | Path | None = None, device: str | torch.device = "cpu") -> RefinerNet:
     """The network of a weight file (default :func:`default_weights_path`), in eval mode.
 
-    Raises :class:`~inference.errors.InputError` naming the path when it is missing or invalid.
+    Raises :class:`~remind2reg.inference.errors.InputError` naming the path when it is missing or invalid.
     """
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""Displacement fields as torch tensors: sampling, warping, composition, smoothing.
+"""Displacement fields as torch tensors: sampling, warping, composition, integration, smoothing.
 
 A field ``u`` is ``(N, 3, I, J, K)``; ``u[:, c]`` is the displacement along array axis ``c``
 in voxels of the grid it lives on. The warp convention is the challenge's:
@@ -120,14 +120,6 @@ def scaling_and_squaring(velocity: torch.Tensor, steps: int = 6) -> torch.Tensor
     return disp
 
 
-def diffusion_penalty(disp: torch.Tensor) -> torch.Tensor:
-    """Mean squared forward difference of each component along each axis."""
-    d_i = disp[:, :, 1:] - disp[:, :, :-1]
-    d_j = disp[:, :, :, 1:] - disp[:, :, :, :-1]
-    d_k = disp[..., 1:] - disp[..., :-1]
-    return (d_i**2).mean() + (d_j**2).mean() + (d_k**2).mean()
-
-
 def upsample_cells(coarse: torch.Tensor, grid_sp: int, shape: tuple[int, int, int]) -> torch.Tensor:
     """Upsample a field defined on pooled cells to the fine grid, vectors rescaled.
 
@@ -150,7 +142,7 @@ def affine_after_field(vox2vox, disp: torch.Tensor) -> torch.Tensor:
     ``vox2vox`` (4x4, array-like) maps voxels of ``disp``'s grid to voxels of the same grid
     (e.g. ``inv(W) @ fixed2moving_world @ W``). ``u(x) = (A_lin - I) x + t + A_lin disp(x)``
     is evaluated exactly (no interpolation). The torch twin of
-    :func:`inference.geometry.compose_affine_displacement`, for ``(1, 3, I, J, K)`` fields.
+    :func:`remind2reg.inference.geometry.compose_affine_displacement`, for ``(1, 3, I, J, K)`` fields.
     """
     shape = tuple(disp.shape[-3:])
     a = torch.as_tensor(vox2vox, dtype=torch.float32, device=disp.device)
@@ -162,3 +154,27 @@ def affine_after_field(vox2vox, disp: torch.Tensor) -> torch.Tensor:
 def affine_field(vox2vox, shape: tuple[int, int, int], device=None) -> torch.Tensor:
     """Displacement ``(1, 3, I, J, K)`` of ``x -> vox2vox @ x``: ``u(x) = A x + t - x``."""
     return affine_after_field(vox2vox, torch.zeros((1, 3, *shape), device=device))
+
+
+def integrate(velocity: torch.Tensor, shape: tuple[int, int, int], steps: int) -> torch.Tensor:
+    """``exp(velocity)`` by scaling and squaring on the velocity's grid, resized to ``shape``.
+
+    ``velocity`` ``(N, 3, ...)`` is in voxels of its own grid; the result is in voxels of
+    ``shape`` (vectors rescaled once, by :func:`resize_field`). Used by the refinement network
+    and by the trainer's random deformations.
+    """
+    return resize_field(scaling_and_squaring(velocity, steps), shape)
+
+
+def jacobian_det(disp: torch.Tensor) -> torch.Tensor:
+    """``det(I + grad u)`` ``(N, D-2, H-2, W-2)`` by central differences (interior voxels).
+
+    The torch twin of :func:`remind2reg.evaluation.metrics.jacobian_determinant` (same
+    ``[-0.5, 0, 0.5]`` stencil; that one is numpy float64 on one ``(I, J, K, 3)`` field and
+    crops 2 voxels per side), for checking a field on its device without a float64 host copy.
+    """
+    grads = torch.gradient(disp, dim=(2, 3, 4))  # grads[a][:, c] = d u_c / d x_a, central inside
+    jac = torch.stack(grads, 2)[..., 1:-1, 1:-1, 1:-1]  # (N, 3 components, 3 axes, ...)
+    jac = jac + torch.eye(3, dtype=disp.dtype, device=disp.device).view(1, 3, 3, 1, 1, 1)
+    # det over the last two axes: move (components, axes) to the end of the shape.
+    return torch.linalg.det(jac.movedim((1, 2), (-2, -1)))

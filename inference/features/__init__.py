@@ -1,1 +1,0 @@
-"""Modality-independent image features."""

@@ -1,0 +1,287 @@
+"""Typed settings of every stage, and the registries of names (torch-free, numpy-free).
+
+Reading a config file, building the command line and printing ``--help`` import only this
+module and :mod:`remind2reg.inference.config`: neither torch nor nibabel. Every dataclass is
+frozen and validated when it is built (:class:`SettingsError` names the offending key); the
+config loader adds the key path (``config.convex.levels[0].grid_sp``).
+
+Lengths are in voxels of the WORKING grid (``RegistrationConfig.working_spacing_mm``) unless
+a name says ``_mm``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# -- registries of names -------------------------------------------------------------------
+
+#: Registration methods of ``remind2reg register --method`` (:mod:`remind2reg.inference.methods`).
+METHODS: tuple[str, ...] = (
+    "convex-adam",
+    "identity",
+    "niftyreg-rigid",
+    "niftyreg-affine",
+    "blockmatch-rigid",
+    "blockmatch-affine",
+)
+#: How ceT1 and T2 are combined: separately, one joint cost, or fields fused by mean / max.
+FUSIONS: tuple[str, ...] = ("none", "joint", "mean", "max")
+#: Engines of the global (rigid/affine) stage; "none" keeps the header alignment.
+AFFINE_METHODS: tuple[str, ...] = ("none", "blockmatch", "niftyreg")
+#: Transform models of the global stage and of point-set fits.
+TRANSFORMS: tuple[str, ...] = ("rigid", "affine")
+#: How the levels of the convex stage are combined.
+COMBINES: tuple[str, ...] = ("last", "weighted")
+#: Similarities of the refinement's test-time optimisation.
+SIMILARITIES: tuple[str, ...] = ("mind", "ncc")
+#: What the test-time optimisation updates.
+TTO_TARGETS: tuple[str, ...] = ("network", "velocity")
+#: What a batch does with a case that fails (``--on-error``).
+ON_ERROR_POLICIES: tuple[str, ...] = ("fail", "skip", "identity")
+#: Compute devices of the command line; "auto" is CUDA when available, else the CPU.
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: ``--modalities`` of the command line: the moving sequences (file suffixes) each name selects.
+MODALITY_CHOICES: dict[str, tuple[str, ...]] = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
+
+
+class SettingsError(ValueError):
+    """A setting is out of range or of the wrong type; the message names the key."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise SettingsError(message)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    _require(value > 0, f"{name} must be > 0; got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    _require(value >= 0, f"{name} must be >= 0; got {value!r}")
+
+
+# -- features ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MindSettings:
+    radius: int = 1  # box half-size (working voxels)
+    dilation: int = 2  # neighbour distance (working voxels)
+    use_sector_mask: bool = True  # masked MIND on the US: the sector border adds no structure
+
+    def __post_init__(self) -> None:
+        _non_negative("radius", self.radius)
+        _positive("dilation", self.dilation)
+
+
+# -- global stage --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockLevel:
+    grid_sp: int  # working voxels per block (cell)
+    disp_hw: int  # search half-width in cells: +- grid_sp * disp_hw working voxels
+    iterations: int = 3  # match -> fit rounds at this level
+
+    def __post_init__(self) -> None:
+        _positive("grid_sp", self.grid_sp)
+        _positive("disp_hw", self.disp_hw)
+        _positive("iterations", self.iterations)
+
+
+@dataclass(frozen=True)
+class BlockMatchSettings:
+    """MIND-SSC block matching with a least-trimmed-squares fit (:mod:`~remind2reg.inference.affine.blockmatch`)."""
+
+    levels: tuple[BlockLevel, ...] = (
+        BlockLevel(grid_sp=4, disp_hw=4, iterations=2),  # 4 mm blocks, +-16 mm
+        BlockLevel(grid_sp=2, disp_hw=2, iterations=1),  # 2 mm blocks, +-4 mm
+    )
+    block_fraction: float = 0.5  # keep this fraction of sector cells: the most textured (-pv)
+    min_sector_fraction: float = 0.75  # a cell must lie this much inside the sector
+    inlier_fraction: float = 0.5  # LTS: matches kept per refit (-pi); tolerates < 1 - this outliers
+    lts_iterations: int = 20
+
+    def __post_init__(self) -> None:
+        _require(
+            0 < self.inlier_fraction <= 1 and 0 < self.block_fraction <= 1,
+            "inlier_fraction and block_fraction must be in (0, 1]",
+        )
+        _require(0 <= self.min_sector_fraction <= 1, "min_sector_fraction must be in [0, 1]")
+        _require(bool(self.levels), "levels must not be empty")
+        _positive("lts_iterations", self.lts_iterations)
+
+
+@dataclass(frozen=True)
+class AladinSettings:
+    """NiftyReg ``reg_aladin`` (:mod:`~remind2reg.inference.affine.niftyreg`).
+
+    Defaults follow the organisers' ReMIND2Reg baseline (-noSym -nac -ln 2 -lp 10, both
+    masks), with inputs averaged to 1 mm so that its two levels run at 2 and 1 mm.
+    """
+
+    working_spacing_mm: float = 1.0  # images are averaged down to about this spacing first
+    rigid_only: bool = False  # False: rigid, then affine initialised by the rigid result
+    symmetric: bool = False
+    levels: int = 2  # -ln: pyramid levels built
+    levels_to_perform: int = 2  # -lp: of which the coarsest ones are run
+    block_percent: int = 50  # -pv: % of blocks (highest variance) used
+    inlier_percent: int = 50  # -pi: % of matches kept by the least trimmed squares fit
+    threads: int | None = None  # -omp; None: NiftyReg's default
+
+    def __post_init__(self) -> None:
+        _positive("working_spacing_mm", self.working_spacing_mm)
+        _positive("levels", self.levels)
+        _require(0 < self.levels_to_perform <= self.levels, "levels_to_perform must be in 1..levels")
+        _require(0 < self.block_percent <= 100 and 0 < self.inlier_percent <= 100, "percentages in 1..100")
+
+
+@dataclass(frozen=True)
+class AffineStageSettings:
+    """The global stage before the deformable one (``method = "none"``: the header alignment).
+
+    ``blockmatch``: MIND-SSC block matching + LTS; ``niftyreg``: ``reg_aladin`` with the
+    organisers' settings. One transform is shared by ceT1 and T2 unless ``fusion = "none"``:
+    block matching then matches their features jointly, and ``reg_aladin`` registers the
+    first moving sequence.
+    """
+
+    method: str = "none"
+    transform: str = "rigid"  # rigid | affine
+    blockmatch: BlockMatchSettings = field(default_factory=BlockMatchSettings)
+
+    def __post_init__(self) -> None:
+        _one_of("method", self.method, AFFINE_METHODS)
+        _one_of("transform", self.transform, TRANSFORMS)
+
+
+# -- deformable stage ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LevelSettings:
+    grid_sp: int  # working voxels per coarse cell
+    disp_hw: int  # search half-width, coarse voxels: +- grid_sp * disp_hw working voxels
+    weight: float = 1.0  # weight in MCBO-style fusion (combine = "weighted")
+
+    def __post_init__(self) -> None:
+        _positive("grid_sp", self.grid_sp)
+        _positive("disp_hw", self.disp_hw)
+        _non_negative("weight", self.weight)
+
+
+@dataclass(frozen=True)
+class ConvexSettings:
+    # One coarse level (4 mm cells, +-16 mm) measured best on the tuning cases; finer cascaded
+    # levels (MCBO's 6/4/2 in 0.5 mm voxels = 3/2/1 mm) fitted speckle (docs/).
+    levels: tuple[LevelSettings, ...] = (LevelSettings(grid_sp=4, disp_hw=4, weight=1.0),)
+    coefficients: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    average_iterates: bool = True  # MCBO's weight balancing
+    combine: str = "last"  # "last": coarse-to-fine cascade; "weighted": MCBO weighted fusion
+    inverse_consistent: bool = False  # also solve moving->fixed, then symmetrise both fields
+    inverse_iterations: int = 10
+
+    def __post_init__(self) -> None:
+        _require(bool(self.levels), "levels must not be empty")
+        _require(bool(self.coefficients), "coefficients must not be empty")
+        _require(all(c >= 0 for c in self.coefficients), "coefficients must be >= 0")
+        _one_of("combine", self.combine, COMBINES)
+        _non_negative("inverse_iterations", self.inverse_iterations)
+        if self.combine == "weighted":
+            _require(sum(lv.weight for lv in self.levels) > 0, "the level weights must not all be 0")
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """Adam instance optimisation of a stationary velocity field (:mod:`~remind2reg.inference.deformable.instance`)."""
+
+    grid_sp: int = 4  # working voxels per control point
+    feature_pool: int = 2  # features are averaged by this factor for the similarity (speed)
+    iterations: int = 50
+    learning_rate: float = 0.5  # coarse voxels
+    regularisation: float = 0.5  # lambda of the diffusion penalty
+    smoothing_passes: int = 3  # 3^3 box filters applied to v at each step
+    squaring_steps: int = 5
+
+    def __post_init__(self) -> None:
+        _positive("grid_sp", self.grid_sp)
+        _positive("feature_pool", self.feature_pool)
+        _non_negative("iterations", self.iterations)
+        _positive("learning_rate", self.learning_rate)
+        _non_negative("regularisation", self.regularisation)
+        _non_negative("smoothing_passes", self.smoothing_passes)
+        _non_negative("squaring_steps", self.squaring_steps)
+
+
+# -- learned refinement --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture of the refinement network (stored in every weight file).
+
+    ``encoder`` channels per level: level 0 at full resolution, level ``l`` at ``1/2^l``.
+    The decoder goes back up to half resolution, where the velocity is predicted.
+    """
+
+    encoder: tuple[int, ...] = (16, 32, 32, 32, 32)
+    decoder: tuple[int, ...] = (32, 32, 32)  # channels after each up-step (1/8, 1/4, 1/2 for 5 levels)
+    final: int = 16  # extra conv at half resolution before the velocity head
+    squaring_steps: int = 6
+
+    def __post_init__(self) -> None:
+        if len(self.decoder) != len(self.encoder) - 2:
+            raise ValueError("decoder needs len(encoder) - 2 levels (it stops at half resolution)")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NetConfig:
+        return cls(
+            encoder=tuple(int(c) for c in data["encoder"]),
+            decoder=tuple(int(c) for c in data["decoder"]),
+            final=int(data["final"]),
+            squaring_steps=int(data["squaring_steps"]),
+        )
+
+
+SMALL_CPU_NET = NetConfig((12, 24, 24, 24, 24), (24, 24, 24), 12)  # about 0.27 M parameters
+#: Network presets of ``remind2reg train-refiner --net`` (base: about 0.5 M parameters, for GPUs).
+NETS: dict[str, NetConfig] = {"small": SMALL_CPU_NET, "base": NetConfig()}
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """The learned refinement stage (all lengths in working voxels).
+
+    ``enabled = False`` (the default until the benchmark shows a TRE gain) leaves the field
+    unchanged. ``weights = None`` uses :func:`remind2reg.inference.paths.default_weights_path`.
+    """
+
+    enabled: bool = False
+    weights: str | None = None
+    tto_steps: int = 0  # test-time optimisation steps per pair (0: the network alone)
+    tto_target: str = "velocity"  # "velocity": the predicted SVF; "network": the weights
+    tto_lr: float = 0.05  # Adam step: half-grid voxels for "velocity"; use about 1e-4 for "network"
+    similarity: str = "mind"  # "mind" | "ncc" (TTO only)
+    smoothness: float = 1.0  # weight of the diffusion penalty of the residual (TTO only)
+    divergence: float = 0.1  # alpha of alpha * mean(div(r)^2) (TTO only)
+    ncc_radius: int = 3  # local NCC window half-size
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    # A residual whose mean length inside the sector exceeds this (working voxels) is rejected:
+    # the input field is returned (a refinement is a small correction, not a new registration).
+    max_mean_residual: float = 4.0
+
+    def __post_init__(self) -> None:
+        _one_of("similarity", self.similarity, SIMILARITIES)
+        _one_of("tto_target", self.tto_target, TTO_TARGETS)
+        _non_negative("tto_steps", self.tto_steps)
+        _positive("tto_lr", self.tto_lr)
+        _non_negative("smoothness", self.smoothness)
+        _non_negative("divergence", self.divergence)
+        _positive("ncc_radius", self.ncc_radius)
+        _positive("max_mean_residual", self.max_mean_residual)

@@ -1,0 +1,101 @@
+"""Stage 3, global alignment: one rigid/affine transform per group, and the MR pre-warped by it.
+
+Engines: MIND-SSC block matching with a least-trimmed-squares fit
+(:mod:`remind2reg.inference.affine.blockmatch`, the groups' features matched jointly) or
+NiftyReg ``reg_aladin`` (:mod:`remind2reg.inference.affine.niftyreg`, on the first sequence
+of the group). The later stages register the pre-warped MR
+``prewarped(x) = mr(vox2vox @ x)`` (working voxels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from remind2reg.inference.affine.blockmatch import block_match
+from remind2reg.inference.core.fields import affine_field, warp
+from remind2reg.inference.io.nifti import Image
+from remind2reg.inference.settings import AffineStageSettings, AladinSettings, MindSettings
+from remind2reg.inference.stages.features import (
+    Features,
+    WorkingCase,
+    WorkingImages,
+    feature_dtype,
+    mr_features,
+)
+from remind2reg.inference.stages.sector import Sector
+from remind2reg.inference.stages.transforms import Alignment
+
+
+@dataclass(frozen=True)
+class GlobalResult:
+    """The alignment of each group, and the working images and features of the pre-warped MR."""
+
+    alignments: tuple[Alignment, ...]
+    case: WorkingCase  # images.mr / features.mr: the MR pre-warped by the alignment
+
+    def notes(self) -> dict[str, object]:
+        return {
+            f"fixed2moving_world_{mod}": np.round(a.fixed2moving_world, 6).tolist()
+            for a in self.alignments
+            if a.fixed2moving_world is not None
+            for mod in a.modalities
+        }
+
+
+def header_alignment(case: WorkingCase, groups: tuple[tuple[str, ...], ...]) -> GlobalResult:
+    """No global stage: every group keeps the header alignment; the MR is not warped."""
+    return GlobalResult(tuple(Alignment(g) for g in groups), case)
+
+
+def fixed2moving_world(
+    fixed: Image,
+    moving: Mapping[str, Image],
+    case: WorkingCase,
+    sector: Sector,
+    group: tuple[str, ...],
+    settings: AffineStageSettings,
+) -> NDArray[np.float64]:
+    """The global transform of one group by the configured engine."""
+    if settings.method == "blockmatch":
+        us, mr = case.features.joint(group)
+        working_vox2world = sector.grid.vox2world(fixed.vox2world)
+        result = block_match(
+            us, mr, case.images.mask, working_vox2world, settings.transform, settings.blockmatch
+        )
+        return result.fixed2moving_world
+    from remind2reg.inference.affine.niftyreg import run_aladin  # needs the NiftyReg binaries
+
+    aladin = AladinSettings(rigid_only=settings.transform == "rigid")
+    return run_aladin(fixed, moving[group[0]], sector.mask, aladin).fixed2moving_world
+
+
+@torch.no_grad()
+def align_globally(
+    fixed: Image,
+    moving: Mapping[str, Image],
+    case: WorkingCase,
+    sector: Sector,
+    groups: tuple[tuple[str, ...], ...],
+    settings: AffineStageSettings,
+    mind: MindSettings,
+) -> GlobalResult:
+    """Align each group, then pre-warp its MR images and recompute their features."""
+    w = sector.grid.vox2world(fixed.vox2world)
+    w_inv = np.linalg.inv(w)
+    shape = tuple(case.images.us.shape[-3:])
+    alignments, warped = [], {}
+    for group in groups:
+        matrix = fixed2moving_world(fixed, moving, case, sector, group, settings)
+        vox2vox = w_inv @ matrix @ w  # working voxel -> working voxel
+        alignments.append(Alignment(group, matrix, vox2vox))
+        for mod in group:
+            warped[mod] = warp(case.images.mr[mod], affine_field(vox2vox, shape, case.images.us.device))  # type: ignore[arg-type]
+    dtype = feature_dtype(case.images.us.device)
+    images = WorkingImages(case.images.us, case.images.mask, warped)
+    features = Features(case.features.us, mr_features(warped, mind, dtype))
+    return GlobalResult(tuple(alignments), WorkingCase(images, features))
