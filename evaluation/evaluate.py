@@ -21,7 +21,7 @@ from remind2reg.evaluation.metrics import (
 )
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.atomic import write_text_atomic
-from remind2reg.inference.io.dataset import MOVING_MODALITIES, RegistrationPair, find_pairs, landmark_path
+from remind2reg.inference.io.dataset import MOVING_MODALITIES, RegistrationPair, discover, landmark_path
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.landmarks import read_landmarks_csv
 from remind2reg.inference.io.nifti import header_spacing, read_header
@@ -205,23 +205,34 @@ def evaluate(
 ) -> EvaluationReport:
     """Evaluate every pair of ``data_dir`` that has landmarks.
 
-    Like the official evaluator, a missing prediction is an error; the message lists them all.
+    Every valid pair is scored; a pair whose field is missing or invalid, or whose images or
+    landmarks are, is listed in ``failures`` with the reason (the official evaluator stops at
+    the first). Raises :class:`InputError` when no pair can be scored at all.
     """
     data_dir, pred_dir = Path(data_dir), Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError("prediction folder not found", path=pred_dir)
-    pairs = [p for p in find_pairs(data_dir, modalities) if landmark_path(p.fixed, data_dir) is not None]
-    if not pairs:
+    found = discover(data_dir, modalities)
+    failures = {q.output or str(q.error.path): str(q.error) for q in found.problems}
+    pairs = [p for p in found.pairs if landmark_path(p.fixed, data_dir) is not None]
+    if not pairs and not failures:
         raise InputError("no pair with landmark files (landmarksTr/*.csv) found", path=data_dir)
-    missing = [p.output_name for p in pairs if not (pred_dir / p.output_name).is_file()]
-    if missing:
-        raise InputError(f"missing displacement fields: {', '.join(missing)}", path=pred_dir)
     runtimes = read_runtimes(pred_dir)
     results = []
     for pair in pairs:
         log.info("Evaluating %s", pair.key)
-        results.append(evaluate_pair(pair, pred_dir, data_dir, runtimes.get(pair.output_name)))
-    return EvaluationReport(results)
+        try:
+            results.append(evaluate_pair(pair, pred_dir, data_dir, runtimes.get(pair.output_name)))
+        except InputError as exc:
+            log.error("%s: not scored: %s", pair.key, exc)
+            failures[pair.key] = str(exc)
+    if not results:
+        missing = sorted(p.output_name for p in pairs if not (pred_dir / p.output_name).is_file())
+        reason = (
+            f"missing displacement fields: {', '.join(missing)}" if missing else "; ".join(failures.values())
+        )
+        raise InputError(f"no pair could be scored: {reason}", path=pred_dir)
+    return EvaluationReport(results, failures)
 
 
 def write_report(

@@ -9,8 +9,14 @@ Batch policy (:func:`register_folder`):
   batch unless ``on_error="fail"``. ``"skip"`` writes nothing for it; ``"identity"`` writes the
   zero field (the initial alignment) and records ``"fallback": "identity"`` and the error in
   ``timings.json``. The returned :class:`BatchSummary` lists every failure.
-* **No partial outputs.** Every file is written atomically; stale temporary files of an
-  interrupted run are removed at the start.
+* **Per-pair isolation.** A problem of one pair (a json entry naming a missing file, a moving
+  image without its ``_0000``, a corrupt ceT1 beside a valid T2) fails that pair alone; the
+  other sequence of its case is still registered.
+* **One run per output folder.** A lock file (:mod:`remind2reg.inference.io.lock`) with the
+  owner's pid and host; a second run waits (``lock_wait_s``) or refuses; a stale lock of a
+  dead process is taken over. Taking it is also the check that the folder is writable.
+* **No partial outputs.** Every file is written atomically; temporary files that a killed run
+  left are removed at the start (only those whose process is gone).
 * **Resume.** With ``resume=True`` a pair whose output exists and reads back as a valid field
   of the right shape is not redone (an unreadable one is); ``timings.json`` keeps its entry.
 * **Determinism.** Python, numpy and torch are seeded with ``seed`` before every case, and on
@@ -42,8 +48,9 @@ from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.atomic import atomic_path, remove_stale_partials
 from remind2reg.inference.io.cases import load_fixed, load_moving
-from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
+from remind2reg.inference.io.dataset import Discovery, PairProblem, RegistrationPair, discover
 from remind2reg.inference.io.displacement import read_displacement, write_displacement
+from remind2reg.inference.io.lock import folder_lock
 from remind2reg.inference.io.nifti import Image, read_header
 from remind2reg.inference.io.timings import PairRecord, pair_entries, write_timings
 from remind2reg.inference.methods import make_method
@@ -53,17 +60,23 @@ from remind2reg.inference.settings import ON_ERROR_POLICIES
 log = logging.getLogger(__name__)
 
 OnError = Literal["fail", "skip", "identity"]  # the names of settings.ON_ERROR_POLICIES
+TIMING_NOTES = ("sector_fraction",)  # notes of the method copied into each pair's timings entry
 
 
 @dataclass(frozen=True)
-class CaseFailure:
-    """A case that failed, the error, and what the batch did about it."""
+class Failure:
+    """A failure of one pair or of a whole case, the error, and what the batch did about it."""
 
-    case: str
-    outputs: tuple[str, ...]
+    case: str | None
+    outputs: tuple[str, ...]  # the output files concerned (empty when no name is known)
     error: str
     input_error: bool  # True for an invalid or unreadable input (InputError)
-    action: str  # "stopped the batch", "skipped (no output)" or "wrote the identity field"
+    action: str  # "stopped the batch", "skipped (no output)", "wrote the identity field", ...
+
+    def describe(self) -> str:
+        where = f"case {self.case}" if self.case else "input"
+        files = f" ({', '.join(self.outputs)})" if self.outputs else ""
+        return f"{where}{files}: {self.action}: {self.error}"
 
 
 @dataclass
@@ -71,7 +84,7 @@ class BatchSummary:
     """What :func:`register_folder` did: fields written, failures, pairs kept by ``resume``."""
 
     records: list[PairRecord] = field(default_factory=list)
-    failures: list[CaseFailure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     not_attempted: list[str] = field(default_factory=list)  # cases after a failure with on_error="fail"
 
@@ -87,12 +100,13 @@ class BatchSummary:
     def describe(self) -> str:
         """A few lines for the end of a run."""
         written = sum(r.fallback is None for r in self.records)
+        cases = {f.case for f in self.failures}
+        pairs = sum(max(1, len(f.outputs)) for f in self.failures)
         lines = [
             f"{written} fields registered, {len(self.resumed)} kept from an earlier run (--resume), "
-            f"{len(self.failures)} cases failed"
+            f"{len(cases)} cases failed ({pairs} pairs)"
         ]
-        for f in self.failures:
-            lines.append(f"  case {f.case} ({', '.join(f.outputs)}): {f.action}: {f.error}")
+        lines += [f"  {f.describe()}" for f in self.failures]
         if self.not_attempted:
             lines.append(f"  not attempted after the failure: cases {', '.join(self.not_attempted)}")
         return "\n".join(lines)
@@ -150,26 +164,116 @@ class Engine:
             return self.cpu_fallback(fixed, moving), "cpu"
 
 
-def register_case(
-    pairs: list[RegistrationPair],
-    output_dir: Path,
-    engine: Engine,
-    outputs: set[str] | None = None,
-) -> list[PairRecord]:
-    """Register the pairs sharing one fixed image; write one field per pair (atomically).
+@dataclass(frozen=True)
+class CaseJob:
+    """One case to register: all its pairs (the method sees every moving image, so that a joint
+    registration is the same with or without ``resume``) and the outputs still to write."""
 
-    ``outputs`` restricts the files written (``--resume``); the method still sees every
-    moving image of the case, so that a joint registration gives the same fields.
+    pairs: tuple[RegistrationPair, ...]
+    todo: tuple[RegistrationPair, ...]
+
+    @property
+    def case(self) -> str:
+        return self.pairs[0].case
+
+
+@dataclass
+class CaseOutcome:
+    """What running one :class:`CaseJob` produced: records of the files written, and failures."""
+
+    case: str | None
+    records: list[PairRecord] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def failed_outputs(self) -> set[str]:
+        return {name for f in self.failures for name in f.outputs}
+
+
+def _message(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+
+
+def write_identity_fields(
+    outputs: list[str], fixed: Path, case: str, output_dir: Path, error: str, elapsed_s: float
+) -> list[PairRecord]:
+    """The zero field (the initial alignment) for ``outputs``, on the grid of the US ``fixed``.
+
+    Only the US's header is needed. Raises :class:`InputError` when even that is unreadable:
+    then no field of the right grid can be written.
     """
-    t0 = time.perf_counter()
-    case = pairs[0].case
-    fixed = load_fixed(pairs[0])
-    moving = {p.moving_name.modality: load_moving(p, fixed) for p in pairs}
-    load_s = time.perf_counter() - t0
-    result, device = engine(fixed, moving, case)
-    t1 = time.perf_counter()
-    todo = [p for p in pairs if outputs is None or p.output_name in outputs]
-    for shared in result.shared:  # a field shared by several sequences is compressed once
+    shape, vox2world = read_header(fixed, case)
+    zero = np.zeros((*shape[:3], 3), dtype=np.float32)
+    records = []
+    for name in outputs:
+        write_displacement(output_dir / name, zero, vox2world, shape[:3])
+        records.append(PairRecord(name, {}, elapsed_s, len(outputs), fallback="identity", error=error))
+    return records
+
+
+def handle_failure(
+    case: str | None,
+    outputs: list[str],
+    fixed: Path | None,
+    exc: Exception,
+    output_dir: Path,
+    on_error: OnError,
+    elapsed_s: float = 0.0,
+) -> tuple[Failure, list[PairRecord]]:
+    """Log a failure of ``outputs`` and apply ``on_error``; returns it and any identity records.
+
+    ``fixed``: the case's US (an identity field needs its grid), None when unknown.
+    """
+    input_error = isinstance(exc, InputError)
+    message = _message(exc)
+    # An invalid input needs no traceback; anything else might be a bug and gets one.
+    log.error("Case %s failed: %s", case, message, exc_info=None if input_error else exc)
+    records: list[PairRecord] = []
+    if on_error == "fail":
+        action = "stopped the batch"
+    elif on_error == "identity" and outputs and fixed is not None:
+        try:
+            records = write_identity_fields(outputs, fixed, case or "?", output_dir, message, elapsed_s)
+            action = "wrote the identity field"
+            log.warning("Case %s: wrote the zero field (initial alignment) for %s", case, ", ".join(outputs))
+        except InputError as header_exc:
+            action = f"skipped (no output; no identity field either: {header_exc})"
+    elif on_error == "identity" and outputs:
+        action = "skipped (no output; no ultrasound to take the grid of an identity field from)"
+    else:
+        action = "skipped (no output)"
+    if not records:  # a result of an earlier run must not pass for one of this run
+        for name in outputs:
+            stale = output_dir / name
+            if stale.is_file():
+                log.warning("Case %s: removing %s, left by an earlier run", case, stale)
+                stale.unlink()
+    return Failure(case, tuple(outputs), message, input_error, action), records
+
+
+def _load_moving(
+    job: CaseJob, fixed: Image, outcome: CaseOutcome, output_dir: Path, on_error: OnError
+) -> dict[str, Image]:
+    """The moving images of a case that load; a pair whose image does not fails alone (in ``outcome``)."""
+    moving = {}
+    for p in job.pairs:
+        try:
+            moving[p.moving_name.modality] = load_moving(p, fixed)
+        except InputError as exc:
+            if p in job.todo:
+                failure, records = handle_failure(
+                    job.case, [p.output_name], p.fixed, exc, output_dir, on_error
+                )
+                outcome.failures.append(failure)
+                outcome.records += records
+            else:  # kept by --resume: its field stays, and the case goes on without it
+                log.warning("Case %s: %s", job.case, exc)
+    return moving
+
+
+def _write_fields(result: MethodResult, todo: list[RegistrationPair], fixed: Image, output_dir: Path) -> None:
+    """Write the fields of ``todo``; a field shared by several sequences is compressed once."""
+    for shared in result.shared:
         first: Path | None = None
         for p in (p for p in todo if p.moving_name.modality in shared.modalities):
             target = output_dir / p.output_name
@@ -179,26 +283,47 @@ def register_case(
             else:
                 with atomic_path(target) as tmp:
                     shutil.copyfile(first, tmp)
+
+
+def register_case(job: CaseJob, output_dir: Path, engine: Engine, on_error: OnError) -> CaseOutcome:
+    """Register the pairs of one case and write one field per pair still to do (atomically).
+
+    Any failure is handled by ``on_error`` and returned, never raised: a failure of the US or
+    of the method fails every pair still to do; a moving image that cannot be read fails its
+    pair only, and the case is registered with the others.
+    """
+    t0 = time.perf_counter()
+    outcome = CaseOutcome(job.case)
+    try:
+        fixed = load_fixed(job.pairs[0])
+        moving = _load_moving(job, fixed, outcome, output_dir, on_error)
+        todo = [p for p in job.todo if p.output_name not in outcome.failed_outputs]
+        if not todo:
+            return outcome
+        load_s = time.perf_counter() - t0
+        result, device = engine(fixed, moving, job.case)
+        t1 = time.perf_counter()
+        _write_fields(result, todo, fixed, output_dir)
+    except Exception as exc:  # per-case isolation: any failure of one case is reported, not fatal
+        pending = [p.output_name for p in job.todo if p.output_name not in outcome.failed_outputs]
+        elapsed = time.perf_counter() - t0
+        failure, records = handle_failure(
+            job.case, pending, job.pairs[0].fixed, exc, output_dir, on_error, elapsed
+        )
+        outcome.failures.append(failure)
+        outcome.records += records
+        return outcome
     stages = {"load": load_s, **result.stages, "write": time.perf_counter() - t1}
     total = time.perf_counter() - t0
-    return [PairRecord(p.output_name, stages, total, len(todo), device=device) for p in todo]
-
-
-def write_identity_fields(
-    pairs: list[RegistrationPair], output_dir: Path, error: str, elapsed_s: float
-) -> list[PairRecord]:
-    """The zero field (the initial alignment) for every pair of a failed case, recorded as such.
-
-    Only the fixed image's header is needed. Raises :class:`InputError` when even that is
-    unreadable: then no field of the right grid can be written.
-    """
-    shape, vox2world = read_header(pairs[0].fixed, pairs[0].case)
-    zero = np.zeros((*shape[:3], 3), dtype=np.float32)
-    records = []
-    for p in pairs:
-        write_displacement(output_dir / p.output_name, zero, vox2world, shape[:3])
-        records.append(PairRecord(p.output_name, {}, elapsed_s, len(pairs), fallback="identity", error=error))
-    return records
+    extra = {k: result.notes[k] for k in TIMING_NOTES if k in result.notes}
+    outcome.records += [
+        PairRecord(p.output_name, stages, total, len(todo), device, extra=extra) for p in todo
+    ]
+    timing = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+    log.info(
+        "Case %s (%s): %.1f s [%s]", job.case, ", ".join(p.label.split()[1] for p in todo), total, timing
+    )
+    return outcome
 
 
 def is_finished(pair: RegistrationPair, output_dir: Path) -> bool:
@@ -259,66 +384,14 @@ def group_by_case(pairs: list[RegistrationPair]) -> list[list[RegistrationPair]]
     return list(groups.values())
 
 
-def _handle_failure(
-    group: list[RegistrationPair], output_dir: Path, exc: Exception, on_error: OnError, elapsed_s: float
-) -> tuple[CaseFailure, list[PairRecord]]:
-    """Log a failed case and apply ``on_error``; returns the failure and any identity records."""
-    case, names = group[0].case, tuple(p.output_name for p in group)
-    input_error = isinstance(exc, InputError)
-    message = str(exc) if input_error else f"{type(exc).__name__}: {exc}"
-    # An invalid input needs no traceback; anything else might be a bug and gets one.
-    log.error("Case %s failed: %s", case, message, exc_info=None if input_error else exc)
-    records: list[PairRecord] = []
-    if on_error == "fail":
-        action = "stopped the batch"
-    elif on_error == "identity":
-        try:
-            records = write_identity_fields(group, output_dir, message, elapsed_s)
-            action = "wrote the identity field"
-            log.warning("Case %s: wrote the zero field (initial alignment) for %s", case, ", ".join(names))
-        except InputError as header_exc:
-            action = f"skipped (no output; no identity field either: {header_exc})"
-    else:
-        action = "skipped (no output)"
-    if not records:  # a result of an earlier run must not pass for one of this run
-        for name in names:
-            stale = output_dir / name
-            if stale.is_file():
-                log.warning("Case %s: removing %s, left by an earlier run", case, stale)
-                stale.unlink()
-    return CaseFailure(case, names, message, input_error, action), records
-
-
-@dataclass(frozen=True)
-class CaseJob:
-    """One case to register: all its pairs (the method sees every moving image, so that a joint
-    registration is the same with or without ``resume``) and the outputs still to write."""
-
-    pairs: tuple[RegistrationPair, ...]
-    todo: tuple[RegistrationPair, ...]
-
-    @property
-    def case(self) -> str:
-        return self.pairs[0].case
-
-
-@dataclass
-class CaseOutcome:
-    """What running one :class:`CaseJob` produced: records of the files written, and its failure."""
-
-    case: str
-    records: list[PairRecord] = field(default_factory=list)
-    failure: CaseFailure | None = None
-
-
 def plan_jobs(
-    cases: list[list[RegistrationPair]], output_dir: Path, resume: bool
+    pairs: list[RegistrationPair], output_dir: Path, resume: bool
 ) -> tuple[list[CaseJob], dict[str, dict], list[str]]:
     """The jobs of the batch, and with ``resume`` the timings entries and names of the finished
     outputs that are kept (an output that exists but does not read back as a valid field is redone)."""
     earlier = pair_entries(output_dir) if resume else {}
     jobs, kept, resumed = [], {}, []
-    for group in cases:
+    for group in group_by_case(pairs):
         todo = tuple(p for p in group if not (resume and is_finished(p, output_dir)))
         for p in group:
             if p not in todo:
@@ -331,22 +404,47 @@ def plan_jobs(
     return jobs, kept, resumed
 
 
-def run_job(job: CaseJob, engine: Engine, output_dir: Path, on_error: OnError) -> CaseOutcome:
-    """Register one case and write its fields; a failure is handled by ``on_error``, never raised."""
-    t0 = time.perf_counter()
-    try:
-        records = register_case(
-            list(job.pairs), output_dir, engine, outputs={p.output_name for p in job.todo}
+def problem_outcomes(problems: list[PairProblem], output_dir: Path, on_error: OnError) -> list[CaseOutcome]:
+    """The problems found while reading the folder, each failed alone under ``on_error``."""
+    outcomes = []
+    for q in problems:
+        failure, records = handle_failure(
+            q.case, [q.output] if q.output else [], q.fixed, q.error, output_dir, on_error
         )
-    except Exception as exc:  # per-case isolation: any failure of one case is reported, not fatal
-        failure, records = _handle_failure(
-            list(job.todo), output_dir, exc, on_error, time.perf_counter() - t0
-        )
-        return CaseOutcome(job.case, records, failure)
-    stages = ", ".join(f"{k} {v:.1f}" for k, v in records[0].stages.items())
-    labels = ", ".join(p.label.split()[1] for p in job.todo)
-    log.info("Case %s (%s): %.1f s [%s]", job.case, labels, records[0].case_total_s, stages)
-    return CaseOutcome(job.case, records)
+        outcomes.append(CaseOutcome(q.case, records, [failure]))
+    return outcomes
+
+
+def find_work(input_dir: str | Path, modalities: tuple[str, ...]) -> Discovery:
+    """The pairs to register and the problems of single pairs; raises :class:`InputError` (before
+    anything is written) when the folder holds no registrable pair at all."""
+    found = discover(input_dir, modalities)
+    if not found.pairs:
+        listed = "; ".join(str(q.error) for q in found.problems)
+        raise InputError(f"no registrable pair: {listed}", path=input_dir)
+    return found
+
+
+@dataclass
+class BatchRun:
+    """The state of one batch: where it writes, its settings, and what it has done so far."""
+
+    output_dir: Path
+    method: str
+    device: str
+    on_error: OnError
+    kept: dict[str, dict] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    summary: BatchSummary = field(default_factory=BatchSummary)
+
+    def add(self, outcome: CaseOutcome) -> None:
+        """Record an outcome and rewrite ``timings.json``."""
+        self.summary.records += outcome.records
+        self.summary.failures += outcome.failures
+        save_timings(self.output_dir, self.summary.records, self.method, self.device, self.kept, self.extra)
+
+    def stops_after(self, outcome: CaseOutcome) -> bool:
+        return bool(outcome.failures) and self.on_error == "fail"
 
 
 def register_folder(
@@ -360,43 +458,66 @@ def register_folder(
     on_error: OnError = "fail",
     resume: bool = False,
     seed: int = 0,
+    lock_wait_s: float = 0.0,
 ) -> BatchSummary:
     """Register every pair found in ``input_dir``; one displacement file per pair in ``output_dir``.
 
-    ``on_error`` says what a failing case does: ``"fail"`` stops the batch (finished cases
-    keep their files), ``"skip"`` writes nothing for it and goes on, ``"identity"`` writes the
-    zero field, records it in ``timings.json`` and goes on. Case failures are returned in the
-    summary, not raised; a missing or empty input folder still raises :class:`InputError`.
+    ``on_error`` says what a failure does: ``"fail"`` stops the batch (finished cases keep
+    their files), ``"skip"`` writes nothing for the failed pairs and goes on, ``"identity"``
+    writes the zero field, records it in ``timings.json`` and goes on. Failures are returned
+    in the summary, not raised. Raised: :class:`InputError` for a missing input folder, one
+    without any registrable pair, or an output folder that is not writable;
+    :class:`~remind2reg.inference.io.lock.FolderBusyError` when another run holds the folder.
     """
     if on_error not in ON_ERROR_POLICIES:
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_POLICIES)}, not {on_error!r}")
-    engine = Engine(method, config, device, seed)
     if method == "identity":
         log.warning(
             "Method 'identity': the output fields are zero (the initial alignment), not a registration."
         )
-    pairs = find_pairs(input_dir, modalities)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(output_dir)
-    cases = group_by_case(pairs)
-    log.info(
-        "Registering %d pairs (%d cases) from %s into %s with %s on %s (on error: %s%s)",
-        len(pairs), len(cases), input_dir, output_dir, method, device, on_error, ", resuming" if resume else "",
-    )  # fmt: skip
-    jobs, kept, resumed = plan_jobs(cases, output_dir, resume)
-    summary = BatchSummary(resumed=resumed)
-    extra = {"on_error": on_error, "seed": seed}
-    for index, job in enumerate(tqdm(jobs, desc="register", unit="case", disable=not progress)):
-        outcome = run_job(job, engine, output_dir, on_error)
-        summary.records += outcome.records
-        if outcome.failure is not None:
-            summary.failures.append(outcome.failure)
-        save_timings(output_dir, summary.records, method, device, kept, extra)
-        if outcome.failure is not None and on_error == "fail":
-            summary.not_attempted = [j.case for j in jobs[index + 1 :]]
-            break
+    found = find_work(input_dir, modalities)
+    output_dir = prepare_output(output_dir)
+    with folder_lock(output_dir, lock_wait_s):
+        remove_stale_partials(output_dir)
+        jobs, kept, resumed = plan_jobs(found.pairs, output_dir, resume)
+        log.info(
+            "Registering %d pairs (%d cases) from %s into %s with %s on %s (on error: %s%s)",
+            sum(len(j.todo) for j in jobs), len(jobs), input_dir, output_dir, method, device, on_error,
+            ", resuming" if resume else "",
+        )  # fmt: skip
+        run = BatchRun(output_dir, method, device, on_error, kept, {"on_error": on_error, "seed": seed})
+        run.summary.resumed = resumed
+        run_serial(run, jobs, found.problems, Engine(method, config, device, seed), progress)
     gpu = peak_gpu_memory_mb()
     log.info("Peak memory %.0f MB%s", peak_memory_mb(), f", GPU {gpu:.0f} MB" if gpu is not None else "")
-    (log.info if summary.ok else log.warning)("Summary: %s", summary.describe())
-    return summary
+    (log.info if run.summary.ok else log.warning)("Summary: %s", run.summary.describe())
+    return run.summary
+
+
+def run_serial(
+    run: BatchRun, jobs: list[CaseJob], problems: list[PairProblem], engine: Engine, progress: bool
+) -> None:
+    """The folder's problems, then its cases one after another, in this process."""
+    for outcome in problem_outcomes(problems, run.output_dir, run.on_error):
+        run.add(outcome)
+        if run.stops_after(outcome):
+            run.summary.not_attempted = [j.case for j in jobs]
+            return
+    for index, job in enumerate(tqdm(jobs, desc="register", unit="case", disable=not progress)):
+        outcome = register_case(job, run.output_dir, engine, run.on_error)
+        run.add(outcome)
+        if run.stops_after(outcome):
+            run.summary.not_attempted = [j.case for j in jobs[index + 1 :]]
+            return
+
+
+def prepare_output(output_dir: str | Path) -> Path:
+    """The output folder, created if needed; :class:`InputError` naming it when that fails."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror})", path=output_dir) from exc
+    if not output_dir.is_dir():
+        raise InputError("the output path exists and is not a folder", path=output_dir)
+    return output_dir

@@ -29,5 +29,14 @@ class InputError(Remind2RegError):
             parts.append(f"file {path}")
         prefix = ", ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.message = message
         self.path = Path(path) if path is not None else None
         self.case = case
+
+    def with_case(self, case: str | None) -> InputError:
+        """The same error naming ``case`` (when it named none)."""
+        return (
+            self
+            if self.case is not None or case is None
+            else InputError(self.message, path=self.path, case=case)
+        )

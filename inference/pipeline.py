@@ -18,6 +18,8 @@ import torch
 from numpy.typing import NDArray
 
 from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.io.dataset import ImageName
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.base import MethodResult
 from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse, zero_fields
@@ -45,6 +47,16 @@ class StageClock:
         return result
 
 
+def case_name(fixed: Image) -> str:
+    """The case id of a ReMIND2Reg file name (for log lines), else the file name, else "?"."""
+    if fixed.path is None:
+        return "?"
+    try:
+        return ImageName.parse(fixed.path).case
+    except InputError:
+        return fixed.path.name
+
+
 def run_pipeline(
     fixed: Image,
     moving: Mapping[str, Image],
@@ -61,7 +73,10 @@ def run_pipeline(
     cfg = config or RegistrationConfig()
     device = torch.device(device)
     clock = StageClock()
-    sector = clock.run("sector", find_sector, fixed, cfg.working_spacing_mm, cfg.crop_margin_mm, sector_mask)
+    case_id = case_name(fixed)
+    sector = clock.run(
+        "sector", find_sector, fixed, cfg.working_spacing_mm, cfg.crop_margin_mm, sector_mask, case_id
+    )
     case = clock.run("features", extract_features, fixed, moving, sector, cfg.mind, device)
     groups = sequence_groups(tuple(moving), cfg.fusion)
     if cfg.affine.method == "none":
@@ -79,13 +94,12 @@ def run_pipeline(
         transforms = fuse(aligned.alignments, estimates, cfg.fusion)
     else:
         transforms = zero_fields(aligned.alignments, sector.grid.shape, device)
-    notes: dict[str, object] = {"working_shape": sector.grid.shape, "fusion": cfg.fusion, **aligned.notes()}
+    notes: dict[str, object] = {**sector.notes(), "fusion": cfg.fusion, **aligned.notes()}
     if cfg.refine.enabled:
         refined = clock.run("refine", refine_transforms, aligned.case.images, transforms, cfg.refine)
         transforms = refined.transforms
         notes.update(refined.notes())
-    name = fixed.path.name if fixed.path else "?"
-    checked = clock.run("guard", guard, case.images, transforms, cfg.guard, case=name)
+    checked = clock.run("guard", guard, case.images, transforms, cfg.guard, case=case_id)
     notes.update(checked.notes())
     fields = clock.run("embed", embed_transforms, checked.transforms, sector.grid, fixed.vox2world)
     return MethodResult(fields, clock.seconds, notes)

@@ -109,6 +109,13 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         help="keep pairs whose output exists and is a valid field; redo the rest",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (same input + seed: same fields on CPU)")
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when another run holds the output folder, wait this long for it before refusing (default 0)",
+    )
     p.set_defaults(func=_run_register)
 
 
@@ -257,6 +264,7 @@ def _run_register(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         resume=args.resume,
         seed=args.seed,
+        lock_wait_s=args.lock_wait,
     )
     if summary.ok:
         return EXIT_OK
@@ -272,7 +280,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(args.data, args.pred, MODALITY_CHOICES[args.modalities])
     print(report.table())
     write_report(report, args.json, args.csv)
-    return EXIT_OK
+    return EXIT_INPUT if report.failures else EXIT_OK
 
 
 def _run_report(args: argparse.Namespace) -> int:

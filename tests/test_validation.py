@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from remind2reg.cli import main
 from remind2reg.inference.errors import EXIT_INPUT, EXIT_OK, InputError
-from remind2reg.inference.io.dataset import find_pairs
+from remind2reg.inference.io.dataset import Discovery, find_pairs
 from remind2reg.inference.io.landmarks import write_landmarks_csv
 from remind2reg.inference.io.nifti import read_image, write_image
 from tests.conftest import make_case_files, oblique_vox2world
@@ -92,7 +92,7 @@ def test_bad_image_fails_its_case_only_and_writes_nothing_for_it(
     path = _image(two_cases, mod)
     if name == "missing MR on disk":  # the pair is found, then the file vanishes before it is read
         pairs = find_pairs(two_cases)
-        monkeypatch.setattr("remind2reg.inference.batch.find_pairs", lambda *args, **kwargs: pairs)
+        monkeypatch.setattr("remind2reg.inference.batch.discover", lambda *args, **kwargs: Discovery(pairs))
     corrupt(path)
     assert register(two_cases, tmp_path / "out") == EXIT_INPUT
     assert f"case 0002, file {path}: {message}" in caplog.text
@@ -188,7 +188,10 @@ def test_evaluator_rejects_landmarks_outside_the_grid(two_cases, tmp_path, caplo
     assert (
         f"case 0002, file {lms / 'ReMIND2Reg_0002_0001.csv'}: landmarks outside the image grid" in caplog.text
     )
-    assert not metrics.exists()
+    # The valid pair is still scored; the bad one is listed, not silently dropped (issue 15).
+    written = json.loads(metrics.read_text())
+    assert list(written["cases"]) == ["0001_0000<--0001_0001"]
+    assert "landmarks outside the image grid" in written["failures"]["0002_0000<--0002_0001"]
 
 
 # -- property-based: the reader either returns a valid image or raises InputError naming the file --

@@ -6,10 +6,18 @@ Two layouts are accepted:
   ``registration_test`` if present and non-empty, else ``registration_val``, else every
   ``_0001``/``_0002`` image of the ``training`` list paired with its case's ``_0000``;
 * a bare folder of ``ReMIND2Reg_<case>_<mod>.nii.gz`` files, flat or under
-  ``imagesTr/``/``imagesTs/`` (the container's ``/input``): every ``_0001``/``_0002`` image is
-  paired with its case's ``_0000``.
+  ``imagesTr/``/``imagesTs/``/``imagesVal/`` (the container's ``/input``): every
+  ``_0001``/``_0002`` image is paired with its case's ``_0000``.
 
-The ultrasound ``_0000`` is always the fixed image.
+Names are matched strictly: ``ReMIND2Reg_`` + a 4-digit case + ``_0000``/``_0001``/``_0002``
++ ``.nii.gz``. Any other ``.nii.gz`` file is ignored with a log line naming it (an
+``old_ReMIND2Reg_0003_0000.nii.gz`` beside case 0003 must not pass for it). The ultrasound
+``_0000`` is always the fixed image.
+
+:func:`discover` returns the pairs and, separately, every *problem* that concerns one pair
+only (a json entry naming a missing file, a moving image without its ``_0000``, two files
+claiming one output name): the batch then fails those pairs alone. :func:`find_pairs` is
+the strict form that raises on any problem.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from remind2reg.inference.errors import InputError
@@ -25,16 +34,20 @@ from remind2reg.inference.io.nifti import read_header
 
 log = logging.getLogger(__name__)
 
+TASK = "ReMIND2Reg"
 FIXED_MODALITY = "0000"
 MOVING_MODALITIES: dict[str, str] = {"0001": "ceT1", "0002": "T2"}
 DATASET_JSON = "ReMIND2Reg_dataset.json"
 IMAGE_DIRS = ("imagesTr", "imagesTs", "imagesVal")
-_NAME = re.compile(r"^(?P<task>.+)_(?P<case>\d{4})_(?P<mod>\d{4})\.nii\.gz$")
+_NAME = re.compile(
+    rf"^(?P<task>{TASK})_(?P<case>\d{{4}})_(?P<mod>{FIXED_MODALITY}|{'|'.join(MOVING_MODALITIES)})\.nii\.gz$"
+)
+NAME_RULE = f"{TASK}_<4-digit case>_<{FIXED_MODALITY}|{'|'.join(MOVING_MODALITIES)}>.nii.gz"
 
 
 @dataclass(frozen=True)
 class ImageName:
-    """The parts of a Learn2Reg image file name ``<task>_<case>_<mod>.nii.gz``."""
+    """The parts of an image file name ``ReMIND2Reg_<case>_<mod>.nii.gz``."""
 
     task: str
     case: str
@@ -45,9 +58,7 @@ class ImageName:
         match = _NAME.match(Path(path).name)
         if match is None:
             raise InputError(
-                "file name does not follow <task>_<case>_<modality>.nii.gz "
-                "(e.g. ReMIND2Reg_0099_0001.nii.gz)",
-                path=path,
+                f"file name does not follow {NAME_RULE} (e.g. ReMIND2Reg_0099_0001.nii.gz)", path=path
             )
         return cls(task=match["task"], case=match["case"], modality=match["mod"])
 
@@ -86,17 +97,65 @@ class RegistrationPair:
     @property
     def output_name(self) -> str:
         """Challenge file name ``disp_<fixcase>_<fixmod>_<movcase>_<movmod>.nii.gz``."""
-        f, m = self.fixed_name, self.moving_name
-        return f"disp_{f.case}_{f.modality}_{m.case}_{m.modality}.nii.gz"
+        return output_name(self.fixed_name, self.moving_name)
+
+
+def output_name(fixed: ImageName, moving: ImageName) -> str:
+    return f"disp_{fixed.case}_{fixed.modality}_{moving.case}_{moving.modality}.nii.gz"
+
+
+@dataclass(frozen=True)
+class PairProblem:
+    """A pair that cannot be registered, found while reading the folder.
+
+    ``output``: the file it would have had (when the names say so); ``fixed``: its US, when
+    one is known (the batch needs its grid to write an identity field); ``modality``: its moving
+    sequence, when known.
+    """
+
+    error: InputError
+    case: str | None = None
+    output: str | None = None
+    fixed: Path | None = None
+    modality: str | None = None
+
+
+@dataclass
+class Discovery:
+    """The pairs of a folder and the problems of single pairs (see the module docstring)."""
+
+    pairs: list[RegistrationPair] = field(default_factory=list)
+    problems: list[PairProblem] = field(default_factory=list)
+
+    def select(self, modalities: tuple[str, ...]) -> Discovery:
+        """Only the pairs (and problems) whose moving sequence is in ``modalities``."""
+        return Discovery(
+            [p for p in self.pairs if p.moving_name.modality in modalities],
+            [q for q in self.problems if q.modality is None or q.modality in modalities],
+        )
+
+
+def _problem(message: str, path: Path | str | None, fixed: ImageName | None = None,
+             moving: ImageName | None = None, fixed_path: Path | None = None) -> PairProblem:  # fmt: skip
+    case = (moving or fixed).case if (moving or fixed) else None
+    out = output_name(fixed, moving) if fixed and moving else None
+    return PairProblem(
+        InputError(message, path=path, case=case), case, out, fixed_path, moving.modality if moving else None
+    )
+
+
+def _parse(path: Path) -> ImageName | None:
+    match = _NAME.match(path.name)
+    return ImageName(match["task"], match["case"], match["mod"]) if match else None
 
 
 def _resolve(root: Path, entry: object, json_path: Path) -> Path:
     if not isinstance(entry, str):
         raise InputError(f"the dataset json has {entry!r} where a file path is expected", path=json_path)
     path = (root / entry).resolve()
+    ImageName.parse(path)  # a listed file must follow the naming convention
     if not path.is_file():
         raise InputError(f"the dataset json lists {entry!r}, which does not exist", path=json_path)
-    ImageName.parse(path)  # a listed file must follow the naming convention too
     return path
 
 
@@ -127,6 +186,16 @@ def _json_pair(root: Path, entry: object, key: str, json_path: Path) -> Registra
     return pair
 
 
+def _names_of(entry: object) -> tuple[ImageName | None, ImageName | None]:
+    """The parsed names of a json entry's files, where they parse (for naming its problem)."""
+    if not isinstance(entry, dict):
+        return None, None
+    parts = [
+        _parse(Path(v)) if isinstance(v, str) else None for v in (entry.get("fixed"), entry.get("moving"))
+    ]
+    return parts[0], parts[1]
+
+
 def _check_declared_counts(meta: dict, json_path: Path) -> None:
     """Warn where the json's ``num*`` counts disagree with its own lists."""
     for count_key, list_key in (
@@ -146,28 +215,46 @@ def _check_declared_counts(meta: dict, json_path: Path) -> None:
             )
 
 
-def check_declared_shape(pairs: list[RegistrationPair], meta: dict, json_path: Path) -> None:
-    """Raise :class:`InputError` when an ultrasound's shape disagrees with ``tensorImageShape``.
+def _check_declared_shape(found: Discovery, meta: dict, json_path: Path) -> Discovery:
+    """Move the pairs whose ultrasound's shape disagrees with ``tensorImageShape`` to the problems.
 
     Only headers are read. The json's shape of modality ``"0"`` (the US) is what the challenge
     declares for every fixed image; the fixed grid is the output grid, so a disagreement means
     the json and the files are not the same dataset.
     """
-    declared = (meta.get("tensorImageShape") or {}).get("0") if isinstance(meta, dict) else None
+    declared = (meta.get("tensorImageShape") or {}).get("0")
     if not isinstance(declared, list) or len(declared) != 3:
-        return
-    for fixed in sorted({p.fixed for p in pairs}):
-        case = ImageName.parse(fixed).case
-        shape, _ = read_header(fixed, case)
-        if tuple(shape[:3]) != tuple(declared):
-            raise InputError(
-                f"shape {tuple(shape)} disagrees with tensorImageShape {declared} in {json_path.name}",
-                path=fixed,
-                case=case,
+        return found
+    out = Discovery(problems=list(found.problems))
+    for pair in found.pairs:
+        shape, _ = read_header(pair.fixed, pair.case)
+        if tuple(shape[:3]) == tuple(declared):
+            out.pairs.append(pair)
+            continue
+        message = f"shape {tuple(shape)} disagrees with tensorImageShape {declared} in {json_path.name}"
+        error = InputError(message, path=pair.fixed, case=pair.case)
+        out.problems.append(PairProblem(error, pair.case, pair.output_name, None, pair.moving_name.modality))
+    return out
+
+
+def _from_json_entries(root: Path, entries: list, key: str, json_path: Path) -> Discovery:
+    found = Discovery()
+    for entry in entries:
+        try:
+            found.pairs.append(_json_pair(root, entry, key, json_path))
+        except InputError as exc:
+            fixed, moving = _names_of(entry)
+            case = (moving or fixed).case if (moving or fixed) else None
+            valid = (
+                fixed and moving and fixed.modality == FIXED_MODALITY and moving.modality in MOVING_MODALITIES
             )
+            out = output_name(fixed, moving) if valid else None
+            modality = moving.modality if moving and moving.modality in MOVING_MODALITIES else None
+            found.problems.append(PairProblem(exc.with_case(case), case, out, None, modality))
+    return found
 
 
-def _pairs_from_json(root: Path, json_path: Path) -> list[RegistrationPair]:
+def _discover_json(root: Path, json_path: Path) -> Discovery:
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -178,74 +265,104 @@ def _pairs_from_json(root: Path, json_path: Path) -> list[RegistrationPair]:
     for key in ("registration_test", "registration_val"):
         entries = meta.get(key) or []
         if entries:
-            log.info("Using %d pairs from %s in %s", len(entries), key, json_path.name)
             if not isinstance(entries, list):
                 raise InputError(f"{key!r} is not a list", path=json_path)
-            pairs = [_json_pair(root, e, key, json_path) for e in entries]
-            check_declared_shape(pairs, meta, json_path)
-            return pairs
+            log.info("Using %d pairs from %s in %s", len(entries), key, json_path.name)
+            return _check_declared_shape(_from_json_entries(root, entries, key, json_path), meta, json_path)
     training = meta.get("training") or []
     if not isinstance(training, list) or not all(isinstance(e, dict) and "image" in e for e in training):
         raise InputError("malformed 'training' list (expected [{\"image\": ...}, ...])", path=json_path)
-    images = [_resolve(root, e["image"], json_path) for e in training]
-    log.info(
-        "No registration_test/val in %s: pairing the %d training images",
-        json_path.name,
-        len(images),
-    )
-    pairs = _pair_images(images)
-    check_declared_shape(pairs, meta, json_path)
-    return pairs
+    images, unresolved = [], []
+    for entry in training:
+        try:
+            images.append(_resolve(root, entry["image"], json_path))
+        except InputError as exc:
+            name = _parse(Path(entry["image"])) if isinstance(entry["image"], str) else None
+            moving = name if name is not None and name.modality != FIXED_MODALITY else None
+            out = output_name(ImageName(TASK, name.case, FIXED_MODALITY), moving) if moving else None
+            case = name.case if name else None
+            modality = moving.modality if moving else None
+            unresolved.append(PairProblem(exc.with_case(case), case, out, None, modality))
+    log.info("No registration_test/val in %s: pairing the %d training images", json_path.name, len(images))
+    found = _check_declared_shape(_pair_images(images), meta, json_path)
+    found.problems = unresolved + found.problems
+    return found
 
 
-def _pair_images(images: list[Path]) -> list[RegistrationPair]:
-    """Pair every moving image with the ``_0000`` image of its case."""
-    fixed_by_case: dict[tuple[str, str], Path] = {}
-    moving: list[tuple[ImageName, Path]] = []
+def _pair_images(images: list[Path]) -> Discovery:
+    """Pair every moving image with the ``_0000`` image of its case; one file per (case, modality)."""
+    by_key: dict[tuple[str, str], list[Path]] = defaultdict(list)
     for path in images:
         name = ImageName.parse(path)
-        if name.modality == FIXED_MODALITY:
-            fixed_by_case[(name.task, name.case)] = path
-        elif name.modality in MOVING_MODALITIES:
-            moving.append((name, path))
-        else:
-            log.warning("Ignoring %s: unknown modality %s", path, name.modality)
-    pairs = []
-    for name, path in sorted(moving, key=lambda item: (item[0].case, item[0].modality)):
-        fixed = fixed_by_case.get((name.task, name.case))
-        if fixed is None:
-            raise InputError(
-                f"no ultrasound image (_{FIXED_MODALITY}) for this case", path=path, case=name.case
+        by_key[(name.case, name.modality)].append(path)
+    found = Discovery()
+    for (case, mod), paths in sorted(by_key.items()):
+        if mod == FIXED_MODALITY:
+            continue
+        moving = ImageName(TASK, case, mod)
+        fixed_paths = by_key.get((case, FIXED_MODALITY), [])
+        fixed = ImageName(TASK, case, FIXED_MODALITY)
+        if len(paths) > 1 or len(fixed_paths) > 1:
+            clash = paths if len(paths) > 1 else fixed_paths
+            files = ", ".join(str(p) for p in clash)
+            us = fixed_paths[0] if len(fixed_paths) == 1 else None
+            found.problems.append(
+                _problem(
+                    f"two files claim {output_name(fixed, moving)}: {files}; keep one",
+                    clash[0],
+                    fixed,
+                    moving,
+                    us,
+                )
             )
-        pairs.append(RegistrationPair(fixed=fixed, moving=path))
-    return pairs
+        elif not fixed_paths:
+            found.problems.append(
+                _problem(f"no ultrasound image (_{FIXED_MODALITY}) for this case", paths[0], fixed, moving)
+            )
+        else:
+            found.pairs.append(RegistrationPair(fixed=fixed_paths[0], moving=paths[0]))
+    return found
 
 
-def find_pairs(root: str | Path, modalities: tuple[str, ...] = ("0001", "0002")) -> list[RegistrationPair]:
-    """All registration pairs under ``root`` whose moving modality is in ``modalities``.
+def _folder_images(root: Path) -> list[Path]:
+    """The image files of a bare folder (flat and under IMAGE_DIRS); others are logged and ignored."""
+    images = []
+    for folder in (root, *(root / sub for sub in IMAGE_DIRS)):
+        for path in sorted(folder.glob("*.nii.gz")):
+            if _NAME.match(path.name):
+                images.append(path)
+            else:
+                log.warning("Ignoring %s: not a %s name", path, NAME_RULE)
+    return images
 
-    Raises :class:`InputError` when the folder does not exist or holds no pair.
-    """
+
+def discover(root: str | Path, modalities: tuple[str, ...] = ("0001", "0002")) -> Discovery:
+    """The pairs under ``root`` whose moving modality is in ``modalities``, and the problems of
+    single pairs. Raises :class:`InputError` when the folder does not exist, its dataset json is
+    unreadable, or it holds neither a pair nor a problem."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("input folder not found", path=root)
     json_path = root / DATASET_JSON
-    if json_path.is_file():
-        pairs = _pairs_from_json(root, json_path)
-    else:
-        images = sorted(p for p in root.glob("*.nii.gz") if _NAME.match(p.name))
-        for sub in IMAGE_DIRS:
-            images += sorted(p for p in (root / sub).glob("*.nii.gz") if _NAME.match(p.name))
-        pairs = _pair_images(images)
-    pairs = [p for p in pairs if p.moving_name.modality in modalities]
-    if not pairs:
+    found = _discover_json(root, json_path) if json_path.is_file() else _pair_images(_folder_images(root))
+    found = found.select(modalities)
+    if not found.pairs and not found.problems:
         wanted = ", ".join(f"_{m}" for m in modalities)
         raise InputError(
             f"no registration pair found (looked for {wanted} moving images with a _0000 "
             f"ultrasound, flat or under {'/'.join(IMAGE_DIRS)}, or a {DATASET_JSON})",
             path=root,
         )
-    return pairs
+    return found
+
+
+def find_pairs(root: str | Path, modalities: tuple[str, ...] = ("0001", "0002")) -> list[RegistrationPair]:
+    """All registration pairs under ``root`` (:func:`discover`); raises :class:`InputError` on
+    the first problem (for tools that need every pair: ``pack``, benchmarks)."""
+    found = discover(root, modalities)
+    if found.problems:
+        raise found.problems[0].error
+    return found.pairs
 
 
 def landmark_path(image: str | Path, root: str | Path | None = None) -> Path | None:

@@ -139,21 +139,29 @@ def check_not_constant(image: Image, case: str | None = None, what: str = "image
         )
 
 
+def required_sector_voxels(shape: tuple[int, ...], minimum: int = MIN_SECTOR_VOXELS) -> int:
+    """Voxels a US sector needs at least: ``min(minimum, 1 % of the grid)`` (and 1)."""
+    return min(minimum, max(1, int(np.prod(shape[:3], dtype=np.int64)) // 100))
+
+
 def check_ultrasound(
     image: Image, case: str | None = None, min_sector_voxels: int = MIN_SECTOR_VOXELS
 ) -> None:
     """Raise :class:`InputError` unless ``image`` is a usable ultrasound (the fixed image).
 
-    The US is zero outside its sector (field of view). Rejected: a constant or all-zero US,
-    and a US with fewer non-zero voxels than ``min(min_sector_voxels, 1 % of the grid)``
-    (no sector to register in). A US with no zero background is accepted.
+    Rejected: a constant or all-zero US, and a US with fewer non-background voxels than
+    :func:`required_sector_voxels` (no sector to register in; the background is the constant
+    value outside the sector, usually 0). A US with no constant background is accepted.
     """
+    from remind2reg.inference.core.sector import background_value  # numpy/scipy only
+
     check_not_constant(image, case, what="ultrasound")
-    nonzero = int(np.count_nonzero(image.array))
-    needed = min(min_sector_voxels, max(1, image.array.size // 100))
-    if nonzero < needed:
+    background = background_value(image.array)
+    inside = image.array.size if background is None else int(np.count_nonzero(image.array != background))
+    needed = required_sector_voxels(image.shape, min_sector_voxels)
+    if inside < needed:
         raise InputError(
-            f"the ultrasound has no sector: {nonzero} non-zero voxels, at least {needed} needed",
+            f"the ultrasound has no sector: {inside} non-zero voxels, at least {needed} needed",
             path=image.path,
             case=case,
         )

@@ -16,20 +16,22 @@ from remind2reg.inference.stages.transforms import GroupTransform
 def embed(disp: torch.Tensor, grid: WorkingGrid, chunk: int = 16) -> NDArray[np.float32]:
     """The full-grid challenge field ``(I, J, K, 3)`` (full voxels) of a working field.
 
-    Full voxel ``x`` reads the working field at ``w = (x - lo - (factor - 1) / 2) / factor``
-    (trilinear, border-extended beyond the crop) and scales it by ``factor``. Computed in
-    slabs along the first axis to bound memory.
+    Full voxel ``x`` reads the working field at ``w = (x - lo - (step - 1) / 2) / step``
+    (per axis; trilinear, border-extended beyond the crop), and component ``a`` is scaled by
+    ``step[a]`` (working voxels -> full voxels). Computed in slabs along the first axis to
+    bound memory.
     """
     full = grid.full_shape
     out = np.empty((*full, 3), dtype=np.float32)
     lo = torch.tensor(grid.lo, dtype=torch.float32, device=disp.device).view(1, 3, 1, 1, 1)
-    offset = (grid.factor - 1) / 2.0
+    steps = torch.tensor(grid.steps, dtype=torch.float32, device=disp.device).view(1, 3, 1, 1, 1)
+    offset = (steps - 1) / 2.0
     for start in range(0, full[0], chunk):
         stop = min(start + chunk, full[0])
         coords = identity_voxels((stop - start, full[1], full[2]), disp.device).clone()
         coords[:, 0] += start
-        w = (coords - lo - offset) / grid.factor
-        values = sample(disp.float(), w) * grid.factor  # (1, 3, slab, J, K)
+        w = (coords - lo - offset) / steps
+        values = sample(disp.float(), w) * steps  # (1, 3, slab, J, K)
         out[start:stop] = values[0].permute(1, 2, 3, 0).cpu().numpy()  # channels last: (slab, J, K, 3)
     return out
 
