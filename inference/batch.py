@@ -363,8 +363,9 @@ def save_timings(
     extra: dict | None = None,
 ) -> None:
     """``timings.json``: run metadata and one entry per output (``kept``: entries of resumed pairs)."""
-    pairs = dict(kept or {})
-    pairs.update({r.output: r.to_json() for r in records})
+    entries = dict(kept or {})
+    entries.update({r.output: r.to_json() for r in records})
+    pairs = {name: entries[name] for name in sorted(entries)}  # the same file whatever the finishing order
     gpu_mb = peak_gpu_memory_mb()
     meta = {
         "method": method,
@@ -459,6 +460,8 @@ def register_folder(
     resume: bool = False,
     seed: int = 0,
     lock_wait_s: float = 0.0,
+    scheduler: str | None = None,
+    threads: int | None = None,
 ) -> BatchSummary:
     """Register every pair found in ``input_dir``; one displacement file per pair in ``output_dir``.
 
@@ -468,6 +471,10 @@ def register_folder(
     in the summary, not raised. Raised: :class:`InputError` for a missing input folder, one
     without any registrable pair, or an output folder that is not writable;
     :class:`~remind2reg.inference.io.lock.FolderBusyError` when another run holds the folder.
+
+    ``scheduler`` (``local``, ``local:N`` or a Dask scheduler address) runs the cases as Dask
+    tasks (:mod:`remind2reg.inference.distributed`); None runs them here, one after another.
+    ``threads`` sets torch's CPU threads per case (fields depend on it: float reductions).
     """
     if on_error not in ON_ERROR_POLICIES:
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_POLICIES)}, not {on_error!r}")
@@ -485,13 +492,33 @@ def register_folder(
             sum(len(j.todo) for j in jobs), len(jobs), input_dir, output_dir, method, device, on_error,
             ", resuming" if resume else "",
         )  # fmt: skip
-        run = BatchRun(output_dir, method, device, on_error, kept, {"on_error": on_error, "seed": seed})
+        extra = {"on_error": on_error, "seed": seed, "threads": threads, "scheduler": scheduler}
+        run = BatchRun(output_dir, method, device, on_error, kept, extra)
         run.summary.resumed = resumed
-        run_serial(run, jobs, found.problems, Engine(method, config, device, seed), progress)
+        if scheduler is None:
+            with torch_threads(threads):
+                run_serial(run, jobs, found.problems, Engine(method, config, device, seed), progress)
+        else:
+            from remind2reg.inference.distributed import EngineSpec, run_distributed
+
+            spec = EngineSpec(method, config, device, seed, threads)
+            run_distributed(run, jobs, found.problems, spec, scheduler, progress)
     gpu = peak_gpu_memory_mb()
     log.info("Peak memory %.0f MB%s", peak_memory_mb(), f", GPU {gpu:.0f} MB" if gpu is not None else "")
     (log.info if run.summary.ok else log.warning)("Summary: %s", run.summary.describe())
     return run.summary
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` for the block (unchanged when None)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def run_serial(

@@ -15,6 +15,10 @@ class Remind2RegError(Exception):
     """Base class of the errors this tool raises on purpose."""
 
 
+class UsageError(Remind2RegError):
+    """The command asks for something that cannot be done as asked (exit code 2)."""
+
+
 class InputError(Remind2RegError):
     """An input file or folder is missing, unreadable or invalid.
 

@@ -44,6 +44,21 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 MODALITY_CHOICES: dict[str, tuple[str, ...]] = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
 
 
+def parse_scheduler(value: str) -> tuple[str, int | None]:
+    """``--scheduler``: ``("local", N or None)`` for ``local[:N]``, ``("address", None)`` for a
+    scheduler address (``tcp://host:8786``, ``host:8786``); ValueError when malformed."""
+    if value == "local" or value.startswith("local:"):
+        count = value.partition(":")[2]
+        if count and (not count.isdigit() or int(count) < 1):
+            raise ValueError(f"local:N needs a positive worker count, got {value!r}")
+        return "local", int(count) if count else None
+    if ":" not in value:
+        raise ValueError(
+            f"expected local, local:N or a scheduler address like tcp://host:8786, got {value!r}"
+        )
+    return "address", None
+
+
 class SettingsError(ValueError):
     """A setting is out of range or of the wrong type; the message names the key."""
 

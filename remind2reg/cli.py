@@ -46,10 +46,27 @@ from remind2reg.inference.errors import (
     EXIT_USAGE,
     InputError,
     Remind2RegError,
+    UsageError,
 )
-from remind2reg.inference.settings import DEVICES, METHODS, MODALITY_CHOICES, NETS, ON_ERROR_POLICIES
+from remind2reg.inference.settings import (
+    DEVICES,
+    METHODS,
+    MODALITY_CHOICES,
+    NETS,
+    ON_ERROR_POLICIES,
+    parse_scheduler,
+)
 
 log = logging.getLogger("remind2reg")
+
+
+def _scheduler(value: str) -> str:
+    """argparse type of ``--scheduler`` (checked without importing Dask)."""
+    try:
+        parse_scheduler(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
 
 
 def _env_choice(name: str, default: str, choices: Sequence[str]) -> str:
@@ -109,6 +126,20 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         help="keep pairs whose output exists and is a valid field; redo the rest",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (same input + seed: same fields on CPU)")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        type=_scheduler,
+        metavar="local[:N]|ADDRESS",
+        help="run the cases as Dask tasks: a local cluster of N worker processes, or a scheduler address "
+        "(tcp://host:8786); needs pip install 'remind2reg[cluster]' (default: in this process)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per case (fields depend on it; default: torch's, or cores / workers with --scheduler)",
+    )
     p.add_argument(
         "--lock-wait",
         type=float,
@@ -265,6 +296,8 @@ def _run_register(args: argparse.Namespace) -> int:
         resume=args.resume,
         seed=args.seed,
         lock_wait_s=args.lock_wait,
+        scheduler=args.scheduler,
+        threads=args.threads,
     )
     if summary.ok:
         return EXIT_OK
@@ -341,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         log.error("%s", exc)
         return EXIT_INPUT
+    except UsageError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     except Remind2RegError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

@@ -1,0 +1,196 @@
+"""A batch's cases as Dask tasks: the same command on a laptop or a cluster (``--scheduler``).
+
+Optional: ``pip install remind2reg[cluster]`` (Dask's ``distributed``). ``--scheduler local``
+(or ``local:N``) starts a LocalCluster of N worker processes on this machine; any other value
+is the address of a running scheduler (``tcp://host:8786``), e.g. one that ``dask-jobqueue``
+started on a SLURM cluster (docs/cluster.md).
+
+What stays exactly as in the serial run (:func:`remind2reg.inference.batch.run_serial`):
+
+* each case is one task running :func:`~remind2reg.inference.batch.register_case`, which
+  writes its fields atomically from the worker, handles ``--on-error`` and returns a picklable
+  :class:`~remind2reg.inference.batch.CaseOutcome`;
+* the client alone writes ``timings.json`` and the summary, as outcomes arrive (progress bar);
+* with ``--on-error fail`` the first failure cancels the cases not yet finished;
+* a worker that dies in the middle of a case leaves no file under a result name (atomic
+  writes); Dask retries the case once on another worker, after which it is reported as
+  failed; the dead worker's temporary files are removed at the end;
+* fields are bit-identical to the serial run's for the same input, seed and torch threads
+  (each task seeds its case; set ``--threads``: torch's float reductions depend on it).
+
+With ``--device cuda`` every task asks for the worker resource ``GPU=1``: one case per GPU at
+a time. A local cluster gets one worker per GPU, each pinned to its own device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from remind2reg.inference.batch import (
+    BatchRun,
+    CaseJob,
+    CaseOutcome,
+    Engine,
+    handle_failure,
+    problem_outcomes,
+    register_case,
+)
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.errors import UsageError
+from remind2reg.inference.io.atomic import remove_stale_partials
+from remind2reg.inference.settings import parse_scheduler
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+RETRIES = 1  # a case whose worker died is run once more elsewhere
+
+
+class SchedulerError(UsageError):
+    """The Dask scheduler cannot be reached or started (the command line exits with code 2)."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker needs to build the batch's :class:`~remind2reg.inference.batch.Engine`."""
+
+    method: str
+    config: RegistrationConfig | None
+    device: str
+    seed: int
+    threads: int | None  # torch threads per task (None: the worker's default)
+
+
+_ENGINES: dict[EngineSpec, Engine] = {}  # one per worker process and spec, built on first use
+
+
+def _worker_device(device: str) -> str:
+    """``cuda:<k>`` for the k-th worker of a local GPU cluster (its name is its index), else ``device``."""
+    if device != "cuda":
+        return device
+    import torch
+    from distributed import get_worker
+
+    name = get_worker().name
+    return f"cuda:{int(name) % torch.cuda.device_count()}" if isinstance(name, int) else "cuda"
+
+
+def run_case_task(job: CaseJob, output_dir: str, spec: EngineSpec, on_error: str) -> CaseOutcome:
+    """One case on a worker (the task Dask runs)."""
+    import torch
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    engine = _ENGINES.get(spec)
+    if engine is None:
+        engine = _ENGINES[spec] = Engine(spec.method, spec.config, _worker_device(spec.device), spec.seed)
+    return register_case(job, Path(output_dir), engine, on_error)  # type: ignore[arg-type]
+
+
+def _local_cluster(workers: int | None, device: str):
+    from distributed import LocalCluster
+
+    if device == "cuda":
+        import torch
+
+        workers = workers or max(1, torch.cuda.device_count())
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            resources={"GPU": 1},
+        )
+    workers = workers or max(1, (os.cpu_count() or 1))
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
+def connect(scheduler: str, device: str):
+    """``(client, cluster or None, workers)`` for ``--scheduler``; :class:`SchedulerError` when it fails."""
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise SchedulerError(
+            "--scheduler needs Dask's distributed: pip install 'remind2reg[cluster]'"
+        ) from exc
+    kind, workers = parse_scheduler(scheduler)
+    cluster = None
+    try:
+        if kind == "local":
+            cluster = _local_cluster(workers, device)
+            client = Client(cluster, timeout=CONNECT_TIMEOUT_S)
+        else:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise SchedulerError(
+            f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT_S:g} s ({exc})"
+        ) from exc
+    count = len(client.scheduler_info().get("workers", {})) or (workers or 1)
+    log.info("Dask scheduler %s with %d workers (dashboard off)", client.scheduler.address, count)
+    return client, cluster, count
+
+
+def run_distributed(
+    run: BatchRun,
+    jobs: list[CaseJob],
+    problems: list,
+    spec: EngineSpec,
+    scheduler: str,
+    progress: bool,
+) -> None:
+    """The folder's problems (here), then its cases as Dask tasks; outcomes recorded as they arrive."""
+    for outcome in problem_outcomes(problems, run.output_dir, run.on_error):
+        run.add(outcome)
+        if run.stops_after(outcome):
+            run.summary.not_attempted = [j.case for j in jobs]
+            return
+    client, cluster, workers = connect(scheduler, spec.device)
+    try:
+        if spec.threads is None and cluster is not None:
+            spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // workers))
+        _gather(client, run, jobs, spec, progress)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    remove_stale_partials(run.output_dir)  # temporary files of workers that died
+
+
+def _gather(client, run: BatchRun, jobs: list[CaseJob], spec: EngineSpec, progress: bool) -> None:
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    resources = {"GPU": 1} if spec.device == "cuda" else None
+    batch = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(
+            run_case_task, job, str(run.output_dir), spec, run.on_error,
+            key=f"register-{job.case}-{batch}", retries=RETRIES, resources=resources, pure=False,
+        ): job
+        for job in jobs
+    }  # fmt: skip
+    pending = dict(futures)
+    bar = tqdm(total=len(jobs), desc="register", unit="case", disable=not progress)
+    for future in as_completed(futures):
+        job = pending.pop(future)
+        try:
+            outcome = future.result()
+        except Exception as exc:  # the worker died more often than Dask retries, or the task failed to run
+            outputs = [p.output_name for p in job.todo]
+            failure, records = handle_failure(
+                job.case, outputs, job.pairs[0].fixed, exc, run.output_dir, run.on_error
+            )
+            outcome = CaseOutcome(job.case, records, [failure])
+        run.add(outcome)
+        bar.update(1)
+        if run.stops_after(outcome):
+            run.summary.not_attempted = sorted(j.case for j in pending.values())
+            client.cancel(list(pending))
+            break
+    bar.close()
