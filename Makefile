@@ -11,22 +11,25 @@ DEMO_CASES ?= 2
 DEMO_GRID ?= 128
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-all lint format clean
+.PHONY: help install demo test test-all test-docker lint format clean
 
 help:
 	@echo "make demo      install, generate $(DEMO_CASES) synthetic cases, register, evaluate (prints the TRE table)"
 	@echo "make test      install, then run the fast test suite (what CI runs)"
 	@echo "make test-all  the whole suite, slow tests included"
+	@echo "make test-docker  build the image and run it in a Docker engine (root: installs and starts one)"
 	@echo "make lint      ruff check + format check"
 	@echo "make clean     remove the virtual environment and generated data"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-run the install when the project's dependencies or the NiftyReg script change.
-$(VENV)/.installed: pyproject.toml scripts/install_niftyreg.sh | $(BIN)/python
+# Re-run the install when the project's dependencies, their pins or the NiftyReg script change.
+# constraints.txt pins every dependency (the image installs the same versions);
+# build-constraints.txt pins NiftyReg's build tools (read by scripts/install_niftyreg.sh).
+$(VENV)/.installed: pyproject.toml constraints.txt build-constraints.txt scripts/install_niftyreg.sh | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,peers,synth]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,peers,synth,cluster]"
 	scripts/install_niftyreg.sh $(BIN)/python
 	touch $@
 
@@ -44,6 +47,14 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The container test (tests/test_docker_image.py, marked docker and slow): builds the image on a
+# stand-in base and runs it in a real engine. As root it installs the engine if absent and starts
+# dockerd if none answers (and stops it afterwards); elsewhere without an engine the tests skip
+# and say why, except with CI=true, where they fail. See docs/container.md.
+test-docker: install
+	TORCH_VERSION=$(TORCH_VERSION) scripts/docker_engine.sh run \
+		$(BIN)/python -m pytest -m docker tests/test_docker_image.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

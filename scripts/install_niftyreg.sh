@@ -19,30 +19,21 @@
 #
 # Cache: ${REMIND2REG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/remind2reg}/wheels
 # Needs for a build: a C++ compiler (g++), network access to PyPI (sdist + the build
-# requirements: setuptools, scikit-build, setuptools_scm, cmake, ninja wheels).
+# requirements: setuptools, scikit-build, setuptools_scm, cmake, ninja wheels, pinned in
+# build-constraints.txt at the repository root).
 # Set NIFTYREG_FORCE_BUILD=1 to ignore the installed package and the cache and rebuild.
 set -euo pipefail
 
 NIFTYREG_VERSION="1.5.70rc1"
 
-# Build requirements (and their dependencies) pinned to the versions that built this
-# sdist here; applied to pip's isolated build environment through PIP_CONSTRAINT.
-BUILD_CONSTRAINTS="
-setuptools==84.2.1
-wheel==0.48.0
-setuptools-scm==10.3.4
-vcs-versioning==2.6.0
-scikit-build==0.19.1
-cmake==4.4.4
-ninja==1.13.2
-packaging==26.3
-distro==1.9.0
-"
-
 REPO_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 PYTHON="${1:-$REPO_ROOT/.venv/bin/python}"
 CACHE_DIR="${REMIND2REG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/remind2reg}"
 WHEEL_DIR="$CACHE_DIR/wheels"
+# Build requirements (and their dependencies) pinned to the versions that built this sdist;
+# shared with the Dockerfile's build stage, applied to pip's isolated build environment
+# through PIP_CONSTRAINT.
+BUILD_CONSTRAINTS="$REPO_ROOT/build-constraints.txt"
 
 log() { printf '[install_niftyreg] %s\n' "$*" >&2; }
 die() {
@@ -107,14 +98,14 @@ if [[ "$installed" == "0" ]]; then
         die "no C++ compiler found (Debian/Ubuntu: apt-get install g++)"
     TMP_DIR="$(mktemp -d "${TMPDIR:-/tmp}/niftyreg-build.XXXXXX")"
     trap 'rm -rf -- "$TMP_DIR"' EXIT
-    printf '%s\n' "$BUILD_CONSTRAINTS" >"$TMP_DIR/build-constraints.txt"
+    [[ -f "$BUILD_CONSTRAINTS" ]] || die "$BUILD_CONSTRAINTS not found"
     BUILD_LOG="$CACHE_DIR/build-niftyreg-$NIFTYREG_VERSION.log"
     log "building niftyreg $NIFTYREG_VERSION from the sdist (takes ~3-5 minutes) ..."
     start=$SECONDS
     # CMAKE_POLICY_VERSION_MINIMUM: the sdist's CMakeLists asks for CMake 3.2, which
     # CMake >= 4 refuses without it. PIP_CONSTRAINT reaches the isolated build env.
     CMAKE_POLICY_VERSION_MINIMUM=3.5 \
-        PIP_CONSTRAINT="$TMP_DIR/build-constraints.txt" \
+        PIP_CONSTRAINT="$BUILD_CONSTRAINTS" \
         "$PYTHON" -m pip wheel --no-deps --no-cache-dir \
         "niftyreg==$NIFTYREG_VERSION" -w "$TMP_DIR/wheel" >"$BUILD_LOG" 2>&1 || {
         tail -n 60 "$BUILD_LOG" >&2

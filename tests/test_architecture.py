@@ -58,20 +58,41 @@ def _importers(prefix: str) -> dict[str, set[str]]:
     ("importer", "forbidden"),
     [
         # The ground floor imports no stage, engine, pipeline or method.
-        ("remind2reg.inference.core", ("stages", "pipeline", "methods", "batch", "affine", "deformable", "refinement")),
+        (
+            "remind2reg.inference.core",
+            ("stages", "pipeline", "methods", "batch", "affine", "deformable", "refinement"),
+        ),
         # Engines do not import each other's internals, the stages or the pipeline.
-        ("remind2reg.inference.affine", ("deformable", "refinement", "stages", "pipeline", "methods", "batch")),
-        ("remind2reg.inference.deformable", ("affine", "refinement", "stages", "pipeline", "methods", "batch")),
-        ("remind2reg.inference.refinement", ("affine", "deformable", "stages", "pipeline", "methods", "batch")),
+        (
+            "remind2reg.inference.affine",
+            ("deformable", "refinement", "stages", "pipeline", "methods", "batch"),
+        ),
+        (
+            "remind2reg.inference.deformable",
+            ("affine", "refinement", "stages", "pipeline", "methods", "batch"),
+        ),
+        (
+            "remind2reg.inference.refinement",
+            ("affine", "deformable", "stages", "pipeline", "methods", "batch"),
+        ),
         # Stages do not reach up to the pipeline, the methods or the batch.
         ("remind2reg.inference.stages", ("pipeline", "methods", "batch")),
         # Reading and writing files knows nothing of registration.
-        ("remind2reg.inference.io", ("stages", "pipeline", "methods", "batch", "affine", "deformable", "refinement")),
+        (
+            "remind2reg.inference.io",
+            ("stages", "pipeline", "methods", "batch", "affine", "deformable", "refinement"),
+        ),
         # Scoring and reports do not import the method or the pipeline (loading images is io's).
-        ("remind2reg.evaluation", ("pipeline", "methods", "batch", "stages", "affine", "deformable", "refinement")),
+        (
+            "remind2reg.evaluation",
+            ("pipeline", "methods", "batch", "stages", "affine", "deformable", "refinement"),
+        ),
         # The trainer and the simulator use the ground floor, not the pipeline.
         ("remind2reg.training", ("pipeline", "methods", "batch", "stages", "affine", "deformable")),
-        ("remind2reg.synthesis", ("pipeline", "methods", "batch", "stages", "affine", "deformable", "refinement")),
+        (
+            "remind2reg.synthesis",
+            ("pipeline", "methods", "batch", "stages", "affine", "deformable", "refinement"),
+        ),
     ],
 )
 def test_layers_hold(importer, forbidden):
@@ -101,7 +122,9 @@ def test_light_modules_import_neither_torch_nor_nibabel():
         "print(sorted(m for m in ('torch', 'nibabel', 'scipy') if m in sys.modules))\n"
     )
     config = REPO / "configs" / "mcbo_multilevel.toml"
-    out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 

@@ -13,16 +13,18 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from remind2reg.evaluation.pack import pack_submission
 from remind2reg.inference.errors import EXIT_INPUT, InputError
 from remind2reg.inference.io.nifti import write_image
-
 from tests.conftest import REPO, make_case_files, oblique_vox2world
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -187,3 +189,95 @@ def test_pack_refuses_missing_misshapen_or_nan_fields(flat_input, tmp_path):
     assert "disp_0001_0000_0001_0002.nii.gz: 1 values are NaN or Inf" in message
     assert "disp_0002_0000_0002_0001.nii.gz: missing" in message
     assert not (tmp_path / "submission.zip").exists()
+
+
+# --------------------------------------------------------------------------- pins, compose, context
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """{canonical name: version} of the ``name==version`` lines of a constraints file."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{path.name}: {line!r} is not an exact pin"
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def test_constraints_pin_every_requirement_of_the_project_but_torch():
+    """constraints.txt (make install and the image) pins what pyproject asks for, compatibly."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    pins = _pins(REPO / "constraints.txt")
+    assert "torch" not in pins, "torch comes from the base image / TORCH_VERSION, not constraints.txt"
+    for line in requirements:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        if name == "torch":
+            continue
+        assert name in pins, (
+            f"{req.name} (pyproject) has no pin in constraints.txt: run scripts/freeze_constraints.py"
+        )
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt {name}=={pins[name]} vs {req}"
+        )
+
+
+def test_one_set_of_pins_for_the_host_and_the_image():
+    makefile = (REPO / "Makefile").read_text()
+    assert '-c constraints.txt -e ".[dev,peers,synth,cluster]"' in makefile
+    dockerfile = DOCKERFILE.read_text()
+    assert (
+        "COPY build-constraints.txt" in dockerfile
+        and "PIP_CONSTRAINT=/src/build-constraints.txt" in dockerfile
+    )
+    assert (
+        "COPY constraints.txt /tmp/constraints.txt" in dockerfile and "-c /tmp/constraints.txt" in dockerfile
+    )
+    script = (REPO / "scripts" / "install_niftyreg.sh").read_text()
+    assert 'BUILD_CONSTRAINTS="$REPO_ROOT/build-constraints.txt"' in script
+    assert {"setuptools", "scikit-build", "cmake", "ninja"} <= set(_pins(REPO / "build-constraints.txt"))
+
+
+def test_the_runtime_stage_installs_libgomp_and_checks_niftyreg():
+    runtime = DOCKERFILE.read_text().split("FROM ")[-1]
+    assert "apt-get install -y --no-install-recommends libgomp1" in runtime
+    assert "reg_aladin" in runtime and "remind2reg --version" in runtime  # checked at build time
+
+
+def _service(compose: str, name: str) -> str:
+    """The text of one service of a compose file (no YAML parser needed for these checks)."""
+    match = re.search(rf"^  {name}:\n((?:    .*\n|\s*\n)*)", compose, re.MULTILINE)
+    assert match, f"service {name} not found"
+    return match.group(1)
+
+
+def test_compose_runs_without_a_gpu_and_evaluate_does_not_rerun_reg():
+    compose = (REPO / "docker-compose.yml").read_text()
+    assert "nvidia" not in compose and "devices" not in compose
+    evaluate = _service(compose, "evaluate")
+    assert "depends_on" not in evaluate, "evaluate must not start (and so re-run) reg"
+    assert "profiles" in evaluate, "a plain `up` must not start evaluate next to reg"
+    gpu = (REPO / "docker-compose.gpu.yml").read_text()
+    assert "driver: nvidia" in _service(gpu, "reg")
+
+
+def test_dockerignore_sends_what_the_dockerfile_copies_and_little_else():
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", ".dockerignore should be a whitelist"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    for word, rest in dockerfile_instructions():
+        if word == "COPY" and not rest.startswith("--from"):
+            *sources, _ = shlex.split(rest)
+            for src in sources:
+                assert src.rstrip("/") in allowed, f"Dockerfile copies {src}, which .dockerignore leaves out"

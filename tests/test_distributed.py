@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import distributed  # the cluster extra, installed by make install
 import nibabel as nib
 import numpy as np
 import pytest
@@ -20,8 +21,6 @@ from scipy import ndimage
 from remind2reg.cli import main
 from remind2reg.inference.errors import EXIT_INPUT, EXIT_OK, EXIT_USAGE
 from remind2reg.inference.io.nifti import write_image
-
-distributed = pytest.importorskip("distributed")
 
 SHAPE = (28, 24, 26)  # 1 mm voxels
 
