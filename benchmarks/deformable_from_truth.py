@@ -73,7 +73,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
     if args.no_guard:
-        config = replace(config, guard=False)
+        config = replace(config, guard=replace(config.guard, enabled=False))
     pairs = find_pairs(args.data, tuple(args.moving))
     if args.from_input:
         print("case  pair  TRE from the input alignment  guard")

@@ -1,36 +1,40 @@
-"""Registration benchmark: run methods on a ReMIND2Reg folder with landmarks and print one table.
+"""Registration benchmark: run methods on a ReMIND2Reg folder with landmarks; print per-family tables.
 
-    python benchmarks/registration_benchmark.py --methods identity convex-adam \\
-        peer:convexadam-baseline peer:convexadam-defaults [--modalities ceT1] [--max-pairs 8]
+    python benchmarks/registration_benchmark.py --data data/standard --methods identity convex-adam \\
+        niftyreg-rigid peer:convexadam-baseline [--split held-out] [--scheduler local:2] [--threads 1]
 
 Methods
 -------
 * ``<name>`` (e.g. ``identity``, ``convex-adam``): ours, run as
-  ``python -m remind2reg register --method <name> --device cpu [--config FILE]``.
+  ``python -m remind2reg register --method <name> --device cpu --threads T [--config FILE]``.
 * ``<name>@<preset>`` (e.g. ``convex-adam@mcbo_multilevel``): ours with
   ``--config configs/<preset>.toml``, scored as a separate row.
 * ``peer:<peer>-<preset>`` (e.g. ``peer:convexadam-baseline``): an adapter in
   ``benchmarks/peers/`` run as ``python <adapter> --preset <preset>``.
 
-Each method runs in its own subprocess, on the pairs it has no result for yet, into
-``<results>/<method>/`` (``:`` becomes ``_`` in folder names). A run's input is a small dataset
-json listing exactly those pairs (absolute paths), so ``--max-pairs`` and the modality choice
-need no copy of the data. Results are reused: a pair whose ``disp_*.nii.gz`` and ``timings.json``
-entry exist is not run again unless ``--rerun`` is given, so expensive peers run once and a later
-call with other options only fills the gaps. ``--no-run`` scores what exists (partial tables
-while long jobs run); ``--time-limit S`` stops a method's subprocess after S seconds and keeps
-the pairs it finished.
+A unit of work is one (method, case): the method sees every sequence of the case, as in a real
+run. Serially (default) a method runs in one subprocess over the cases it has no result for;
+with ``--scheduler local[:N]|ADDRESS`` every (method, case) is a Dask task running that
+subprocess on one case into its own folder, and the client merges the results. Either way the
+per-pair cache is the same (a pair whose field and ``timings.json`` entry exist is not run
+again unless ``--rerun``), so an interrupted sweep resumes, and with the same ``--threads`` the
+fields, hence the tables, are the same (torch's float reductions depend on the thread count).
+
+Families and halves
+-------------------
+The standard set (``benchmarks/make_standard_set.py``) has a ``split.json`` giving each case
+its simulator family and its half (``tuning``: choose settings there; ``held-out``: report
+there). ``--split`` selects the half; tables are printed per family and over all families.
 
 Measurements
 ------------
-* seconds per pair: ``total_s`` of each pair in the method's ``timings.json`` (load + register
-  + write, as the method itself measured it), averaged over the pairs;
-* peak memory: the maximum resident set size of the method's subprocess, from the rusage that
-  ``os.wait4`` returns for that child (``ru_maxrss``, KiB on Linux): the whole process
-  (interpreter, torch, images) at its worst moment, not a delta. A pair's peak is the peak of
-  the run that produced it; the table shows the maximum over the pairs scored;
-* TRE, TRE30, SDlogJ, folding: ``evaluation.evaluate.evaluate`` (challenge-identical), cached
-  per pair in ``<results>/<method>/metrics_cache.json`` keyed by the field file's size and mtime.
+* TRE, TRE30 (0.3 quantile over pairs), SDlogJ, folding: the challenge's evaluator, cached per
+  pair in ``<results>/<method>/metrics_cache.json`` keyed by the field file's size and mtime;
+* change: mean TRE over mean initial TRE of the same pairs, minus 1 (negative is better);
+  worse: the share of pairs whose TRE exceeds their initial TRE;
+* s/pair: ``total_s`` of each pair in the method's ``timings.json`` (load + register + write);
+* peak RAM: the maximum resident set size of the subprocess that produced the pair
+  (``os.wait4``'s ``ru_maxrss``): the whole process at its worst moment.
 """
 
 from __future__ import annotations
@@ -44,38 +48,67 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from remind2reg.evaluation.evaluate import PairResult, evaluate
-from remind2reg.evaluation.metrics import official_aggregates
 from remind2reg.inference.io.atomic import write_text_atomic
 from remind2reg.inference.io.dataset import DATASET_JSON, RegistrationPair, find_pairs, landmark_path
-from remind2reg.inference.io.landmarks import read_landmarks_csv
-from remind2reg.inference.io.nifti import header_spacing
+from remind2reg.inference.io.timings import merge_timings, pair_entries
+from remind2reg.inference.settings import MODALITY_CHOICES
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("registration_benchmark")
 
-TIMINGS_FILE = "timings.json"
 RUNS_FILE = "benchmark_runs.json"
 CACHE_FILE = "metrics_cache.json"
-MODALITY_CHOICES = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
-PEERS = {"convexadam": REPO / "benchmarks" / "peers" / "convexadam_package.py"}
-DEFAULT_DATA = REPO / "data" / "synth_shared"
+SPLIT_FILE = "split.json"
+PEERS = {
+    "convexadam": REPO / "benchmarks" / "peers" / "convexadam_package.py",
+}
+DEFAULT_DATA = REPO / "data" / "standard"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results"
 
 
-# ----------------------------------------------------------------------------- methods
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    family: str
+    split: str
+    nearly_aligned: bool = False
+
+
+def case_info(data: Path) -> dict[str, CaseInfo]:
+    """Family and half of each case, from ``split.json`` (empty when there is none)."""
+    path = data / SPLIT_FILE
+    if not path.is_file():
+        return {}
+    cases = json.loads(path.read_text(encoding="utf-8")).get("cases", {})
+    return {c: CaseInfo(v["family"], v["split"], bool(v.get("nearly_aligned"))) for c, v in cases.items()}
+
+
+def by_case(pairs: list[RegistrationPair]) -> dict[str, list[RegistrationPair]]:
+    out: dict[str, list[RegistrationPair]] = defaultdict(list)
+    for p in pairs:
+        out[p.case].append(p)
+    return dict(out)
+
+
+# ----------------------------------------------------------------------------- running methods
 
 
 def method_dir(results: Path, method: str) -> Path:
     return results / method.replace(":", "_").replace("/", "_")
 
 
-def method_command(method: str, input_dir: Path, output_dir: Path, config: Path | None) -> list[str]:
+def method_command(
+    method: str, input_dir: Path, output_dir: Path, config: Path | None, threads: int
+) -> list[str]:
     """The subprocess command line that registers every pair of ``input_dir`` into ``output_dir``."""
     if method.startswith("peer:"):
         peer, _, preset = method[len("peer:") :].partition("-")
@@ -83,7 +116,7 @@ def method_command(method: str, input_dir: Path, output_dir: Path, config: Path 
             raise SystemExit(
                 f"unknown peer method {method!r}; known peers: {', '.join(PEERS)} (peer:<name>-<preset>)"
             )
-        cmd = [sys.executable, str(PEERS[peer]), "--preset", preset]
+        cmd = [sys.executable, str(PEERS[peer]), "--preset", preset, "--threads", str(threads)]
     else:
         # "<method>@<preset>": our method with configs/<preset>.toml (its own results folder).
         name, _, preset = method.partition("@")
@@ -91,7 +124,8 @@ def method_command(method: str, input_dir: Path, output_dir: Path, config: Path 
             config = REPO / "configs" / f"{preset}.toml"
             if not config.is_file():
                 raise SystemExit(f"unknown preset {preset!r}: {config} does not exist")
-        cmd = [sys.executable, "-m", "remind2reg", "register", "--method", name, "--device", "cpu"]
+        cmd = [sys.executable, "-m", "remind2reg", "-q", "register", "--method", name, "--device", "cpu"]
+        cmd += ["--threads", str(threads)]
     cmd += ["--input", str(input_dir), "--output", str(output_dir)]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -118,85 +152,115 @@ def _read_json(path: Path, default):
 
 def finished_pairs(mdir: Path) -> set[str]:
     """Output names with both a field and a ``timings.json`` entry in ``mdir``."""
-    timed = set(_read_json(mdir / TIMINGS_FILE, {}).get("pairs", {}))
-    return {name for name in timed if (mdir / name).is_file()}
+    return {name for name in pair_entries(mdir) if (mdir / name).is_file()}
 
 
-def run_method(
-    method: str,
-    pairs: list[RegistrationPair],
-    mdir: Path,
-    config: Path | None,
-    time_limit: float | None = None,
-) -> dict:
-    """Run ``method`` on ``pairs`` in a subprocess; merge its outputs into ``mdir``; return the run record."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = mdir / "runs" / stamp
-    input_dir = write_pair_list(run_dir / "input", pairs)
+@dataclass(frozen=True)
+class Job:
+    """One subprocess: ``method`` on ``pairs`` into ``run_dir`` (its own folder)."""
+
+    method: str
+    pairs: tuple[RegistrationPair, ...]
+    run_dir: str
+    config: str | None
+    threads: int
+    time_limit: float | None
+
+
+def execute(job: Job) -> dict:
+    """Run a job's subprocess (here or on a Dask worker); returns its record (nothing merged yet)."""
+    run_dir = Path(job.run_dir)
+    input_dir = write_pair_list(run_dir / "input", list(job.pairs))
     out_dir = run_dir / "out"
-    cmd = method_command(method, input_dir, out_dir, config)
+    cmd = method_command(
+        job.method, input_dir, out_dir, Path(job.config) if job.config else None, job.threads
+    )
     log_path = run_dir / "log.txt"
-    print(f"[{method}] running {len(pairs)} pair(s): {' '.join(cmd)}\n[{method}] log: {log_path}", flush=True)
-    t0 = time.perf_counter()
-    timed_out = False
+    t0, timed_out = time.perf_counter(), False
     with open(log_path, "w", encoding="utf-8") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if time_limit else 0)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if job.time_limit else 0)
             if pid:
                 break
-            if not timed_out and time.perf_counter() - t0 > time_limit:
-                timed_out = True  # stop it; the pairs it finished are kept below
-                print(f"[{method}] time limit of {time_limit:.0f} s reached: stopping it", flush=True)
+            if not timed_out and time.perf_counter() - t0 > (job.time_limit or float("inf")):
+                timed_out = True  # stop it; the pairs it finished are kept by the merge
                 proc.terminate()
             time.sleep(1.0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    peak_mb = usage.ru_maxrss / 1024.0
-    # Keep every pair the subprocess finished (field + timings entry), even if it failed later.
-    run_timings = _read_json(out_dir / TIMINGS_FILE, {})
-    done = [name for name in run_timings.get("pairs", {}) if (out_dir / name).is_file()]
-    merged = _read_json(mdir / TIMINGS_FILE, {})
-    merged_pairs = merged.get("pairs", {})
-    for name in done:
-        os.replace(out_dir / name, mdir / name)
-        merged_pairs[name] = run_timings["pairs"][name]
-    merged.update({k: v for k, v in run_timings.items() if k != "pairs"})
-    merged["pairs"] = merged_pairs
-    write_text_atomic(mdir / TIMINGS_FILE, json.dumps(merged, indent=2))
-    record = {
-        "started": stamp,
+    done = [name for name in pair_entries(out_dir) if (out_dir / name).is_file()]
+    return {
         "command": cmd,
-        "returncode": proc.returncode,
+        "returncode": os.waitstatus_to_exitcode(status),
         "timed_out": timed_out,
-        "wall_s": wall,
-        "peak_rss_mb": peak_mb,
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mb": usage.ru_maxrss / 1024.0,
         "pairs": done,
-        "log": str(log_path.relative_to(mdir)),
+        "run_dir": str(run_dir),
     }
+
+
+def merge(mdir: Path, record: dict) -> None:
+    """Move a finished run's fields into ``mdir``, merge its timings, and log the run (client side)."""
+    run_dir = Path(record["run_dir"])
+    out_dir = run_dir / "out"
+    for name in record["pairs"]:
+        os.replace(out_dir / name, mdir / name)
+    merge_timings(mdir, out_dir, record["pairs"])
     runs = _read_json(mdir / RUNS_FILE, {"runs": []})
-    runs["runs"].append(record)
+    runs["runs"].append({**record, "log": str((run_dir / "log.txt").relative_to(mdir))})
     write_text_atomic(mdir / RUNS_FILE, json.dumps(runs, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
-    status_word = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-    print(
-        f"[{method}] {status_word}: {len(done)}/{len(pairs)} pair(s) in {wall:.0f} s, "
-        f"peak RSS {peak_mb / 1024:.2f} GiB",
-        flush=True,
-    )
-    if proc.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+    status = "ok" if record["returncode"] == 0 else f"FAILED (exit {record['returncode']})"
+    print(f"[{mdir.name}] {status}: {len(record['pairs'])} pair(s) in {record['wall_s']:.0f} s, "
+          f"peak RSS {record['peak_rss_mb'] / 1024:.2f} GiB", flush=True)  # fmt: skip
+    if record["returncode"] != 0:
+        tail = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
         print("\n".join(f"    {line}" for line in tail), flush=True)
-    return record
 
 
-def pair_peaks(mdir: Path) -> dict[str, float]:
-    """Peak RSS (MB) of the run that produced each pair (the latest run wins)."""
-    peaks: dict[str, float] = {}
-    for run in _read_json(mdir / RUNS_FILE, {"runs": []})["runs"]:
-        for name in run["pairs"]:
-            peaks[name] = run["peak_rss_mb"]
-    return peaks
+def plan(
+    method: str, todo: list[RegistrationPair], mdir: Path, config: Path | None, args, per_case: bool
+) -> list[Job]:
+    """The jobs of one method: one for all its cases, or one per case (``per_case``)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    groups = list(by_case(todo).values()) if per_case else [todo]
+    return [
+        Job(
+            method,
+            tuple(g),
+            str(mdir / "runs" / f"{stamp}-{g[0].case if per_case else 'all'}"),
+            str(config) if config else None,
+            args.threads,
+            args.time_limit,
+        )
+        for g in groups
+    ]
+
+
+def run_jobs(jobs: list[tuple[Path, Job]], scheduler: str | None) -> None:
+    """Execute the jobs here, one after another, or as Dask tasks; merge each as it finishes."""
+    if scheduler is None:
+        for mdir, job in jobs:
+            print(f"[{job.method}] running {len(job.pairs)} pair(s)", flush=True)
+            merge(mdir, execute(job))
+        return
+    from distributed import Client, LocalCluster, as_completed
+
+    from remind2reg.inference.settings import parse_scheduler
+
+    kind, workers = parse_scheduler(scheduler)
+    cluster = (
+        LocalCluster(n_workers=workers or 1, threads_per_worker=1, dashboard_address=None)
+        if kind == "local"
+        else None
+    )
+    with Client(cluster or scheduler, timeout=10) as client:
+        futures = {client.submit(execute, job, pure=False, retries=1): mdir for mdir, job in jobs}
+        print(f"{len(futures)} (method, case) tasks on {scheduler}", flush=True)
+        for future in as_completed(futures):
+            merge(futures[future], future.result())
+    if cluster is not None:
+        cluster.close()
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -207,11 +271,12 @@ def _file_key(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def score(method: str, pairs: list[RegistrationPair], mdir: Path) -> list[PairResult]:
-    """Challenge metrics of the pairs of ``pairs`` that have a result in ``mdir`` (cached per pair)."""
-    available = [p for p in pairs if p.output_name in finished_pairs(mdir)]
+def score(method: str, pairs: list[RegistrationPair], mdir: Path) -> dict[str, PairResult]:
+    """Challenge metrics of the pairs that have a result in ``mdir`` (cached per pair), by output name."""
+    finished = finished_pairs(mdir)
+    available = [p for p in pairs if p.output_name in finished]
     cache = _read_json(mdir / CACHE_FILE, {})
-    runtimes = {k: v.get("total_s") for k, v in _read_json(mdir / TIMINGS_FILE, {}).get("pairs", {}).items()}
+    runtimes = {k: v.get("total_s") for k, v in pair_entries(mdir).items()}
     results: dict[str, PairResult] = {}
     todo = []
     for p in available:
@@ -224,245 +289,263 @@ def score(method: str, pairs: list[RegistrationPair], mdir: Path) -> list[PairRe
             todo.append(p)
     if todo:
         print(f"[{method}] evaluating {len(todo)} pair(s)", flush=True)
-        eval_dir = write_pair_list(mdir / "eval_input", todo)
-        report = evaluate(eval_dir, mdir, modalities=tuple(MODALITY_CHOICES["both"]))
+        report = evaluate(
+            write_pair_list(mdir / "eval_input", todo), mdir, modalities=MODALITY_CHOICES["both"]
+        )
         for p, r in zip(todo, report.pairs, strict=True):
+            r.runtime_s = runtimes.get(p.output_name)
             results[p.output_name] = r
             cache[p.output_name] = {**asdict(r), "file_key": _file_key(mdir / p.output_name)}
         write_text_atomic(mdir / CACHE_FILE, json.dumps(cache, indent=2))
-    return [results[p.output_name] for p in available]
+    return results
 
 
-def initial_tre(pairs: list[RegistrationPair], data: Path) -> dict[str, float]:
-    """Mean landmark TRE of the zero field per pair (the official formula with u = 0)."""
-    out = {}
-    for p in pairs:
-        fix = read_landmarks_csv(landmark_path(p.fixed, data), p.case)
-        mov = read_landmarks_csv(landmark_path(p.moving, data), p.case)
-        out[p.key] = float(np.linalg.norm((fix - mov) * header_spacing(p.moving), axis=1).mean())
-    return out
+def pair_peaks(mdir: Path) -> dict[str, float]:
+    """Peak RSS (MB) of the run that produced each pair (the latest run wins)."""
+    peaks: dict[str, float] = {}
+    for run in _read_json(mdir / RUNS_FILE, {"runs": []})["runs"]:
+        for name in run["pairs"]:
+            peaks[name] = run["peak_rss_mb"]
+    return peaks
+
+
+# ----------------------------------------------------------------------------- tables
 
 
 @dataclass
 class Row:
+    group: str  # family, or "all"
     method: str
-    pairs: str
-    tre0: float
+    pairs: int
+    tre0: float  # mean initial TRE of the same pairs
     tre: float
     tre30: float
+    change: float  # tre / tre0 - 1
+    worse: float  # share of pairs whose TRE exceeds the initial one
     sdlogj: float
     folding: float
     seconds: float
     peak_gib: float
 
 
-def _fmt(value: float, spec: str) -> str:
-    return "-" if value is None or not np.isfinite(value) else format(value, spec)
+def make_row(group: str, method: str, results: list[PairResult], peaks: dict[str, float]) -> Row:
+    if not results:
+        return Row(group, method, 0, *([float("nan")] * 9))
+    tre0 = float(np.mean([r.tre_initial for r in results]))
+    tre = float(np.mean([r.tre for r in results]))
+    times = [r.runtime_s for r in results if r.runtime_s is not None]
+    peak = [peaks[output_of(r)] for r in results if output_of(r) in peaks]
+    return Row(
+        group, method, len(results), tre0, tre, float(np.quantile([r.tre for r in results], 0.3)), tre / tre0 - 1,
+        float(np.mean([r.tre > r.tre_initial for r in results])), float(np.mean([r.sdlogj for r in results])),
+        float(np.mean([r.folding_percent for r in results])), float(np.mean(times)) if times else float("nan"),
+        max(peak) / 1024.0 if peak else float("nan"),
+    )  # fmt: skip
 
 
-def build_rows(
-    methods: list[str], scored: dict[str, list[PairResult]], peaks: dict[str, dict[str, float]], tre0: dict
-) -> list[Row]:
-    n_all = len(tre0)
-    agg0 = official_aggregates(list(tre0.values()))
-    rows = [
-        Row(
-            "initial (zero field)",
-            f"{n_all}/{n_all}",
-            agg0["mean"],
-            agg0["mean"],
-            agg0["30"],
-            0.0,
-            0.0,
-            np.nan,
-            np.nan,
-        )
-    ]
-    for m in methods:
-        res = scored.get(m, [])
-        if not res:
-            rows.append(Row(m, f"0/{n_all}", *([np.nan] * 7)))
-            continue
-        agg = official_aggregates([r.tre for r in res])
-        times = [r.runtime_s for r in res if r.runtime_s is not None]
-        mdir_peaks = [peaks[m][_out(r)] for r in res if _out(r) in peaks[m]]
-        rows.append(
-            Row(
-                m,
-                f"{len(res)}/{n_all}",
-                float(np.mean([r.tre_initial for r in res])),
-                agg["mean"],
-                agg["30"],
-                float(np.mean([r.sdlogj for r in res])),
-                float(np.mean([r.folding_percent for r in res])),
-                float(np.mean(times)) if times else np.nan,
-                max(mdir_peaks) / 1024.0 if mdir_peaks else np.nan,
-            )
-        )
-    return rows
-
-
-def _out(r: PairResult) -> str:
+def output_of(r: PairResult) -> str:
     fixed, moving = r.key.split("<--")
     return f"disp_{fixed}_{moving}.nii.gz"
 
 
-SUMMARY_HEAD = [
+def _fmt(value: float, spec: str) -> str:
+    return "-" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+HEAD = [
+    "family",
     "method",
     "pairs",
-    "TRE0 same pairs",
-    "mean TRE",
+    "TRE0",
+    "TRE",
     "TRE30",
+    "change",
+    "worse",
     "SDlogJ",
     "fold %",
     "s/pair",
-    "peak RAM GiB",
+    "peak GiB",
 ]
 
 
-def summary_cells(row: Row) -> list[str]:
+def cells(row: Row) -> list[str]:
     return [
-        row.method,
-        row.pairs,
-        _fmt(row.tre0, ".3f"),
-        _fmt(row.tre, ".3f"),
-        _fmt(row.tre30, ".3f"),
-        _fmt(row.sdlogj, ".4f"),
-        _fmt(row.folding, ".3f"),
-        _fmt(row.seconds, ".1f"),
-        _fmt(row.peak_gib, ".2f"),
-    ]
+        row.group, row.method, str(row.pairs), _fmt(row.tre0, ".2f"), _fmt(row.tre, ".2f"), _fmt(row.tre30, ".2f"),
+        _fmt(100 * row.change, "+.0f") + ("%" if np.isfinite(row.change) else ""),
+        _fmt(100 * row.worse, ".0f") + ("%" if np.isfinite(row.worse) else ""),
+        _fmt(row.sdlogj, ".3f"), _fmt(row.folding, ".3f"), _fmt(row.seconds, ".1f"), _fmt(row.peak_gib, ".2f"),
+    ]  # fmt: skip
 
 
-def per_pair_cells(methods, scored, tre0) -> tuple[list[str], list[list[str]]]:
-    head = ["pair", "TRE0", *methods]
-    by_method = {m: {r.key: r.tre for r in scored.get(m, [])} for m in methods}
-    rows = [
-        [key, f"{t0:.3f}", *[_fmt(by_method[m].get(key, np.nan), ".3f") for m in methods]]
-        for key, t0 in tre0.items()
+def build_rows(
+    methods: list[str], scored: dict[str, dict[str, PairResult]], peaks: dict[str, dict[str, float]],
+    pairs: list[RegistrationPair], info: dict[str, CaseInfo],
+) -> list[Row]:  # fmt: skip
+    """One row per (family, method) and per method over all families, on the pairs every method has."""
+    common = [p for p in pairs if all(p.output_name in scored[m] for m in methods)]
+    families = sorted({info[p.case].family for p in common if p.case in info})
+    groups = [(f, [p for p in common if p.case in info and info[p.case].family == f]) for f in families]
+    groups.append(("all", common))
+    return [
+        make_row(group, m, [scored[m][p.output_name] for p in members], peaks[m])
+        for group, members in groups
+        for m in methods
     ]
-    return head, rows
 
 
 def text_table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    widths = (
+        [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        if rows
+        else [len(h) for h in head]
+    )
 
-    def fmt(cells: list[str]) -> str:
-        pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+    def fmt(c: list[str]) -> str:
+        return "  ".join(
+            x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths, strict=True))
+        )
 
     return "\n".join([fmt(head), "-" * (sum(widths) + 2 * (len(widths) - 1)), *(fmt(r) for r in rows)])
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
-    align = ["---"] + ["---:"] * (len(head) - 1)
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, align, *rows])
+    align = ["---", "---"] + ["---:"] * (len(head) - 2)
+    return "\n".join("| " + " | ".join(c) + " |" for c in [head, align, *rows])
+
+
+def per_pair(methods: list[str], scored: dict[str, dict[str, PairResult]], pairs: list[RegistrationPair],
+             info: dict[str, CaseInfo]) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+    head = ["pair", "family", "TRE0", *methods]
+    rows = []
+    for p in pairs:
+        first = next((scored[m][p.output_name] for m in methods if p.output_name in scored[m]), None)
+        if first is None:
+            continue
+        family = info[p.case].family if p.case in info else "-"
+        values = [
+            _fmt(scored[m][p.output_name].tre if p.output_name in scored[m] else np.nan, ".2f")
+            for m in methods
+        ]
+        rows.append([p.key, family, f"{first.tre_initial:.2f}", *values])
+    return head, rows
 
 
 NOTES = (
-    "TRE/TRE30 in mm (challenge formula; TRE30 = 0.3 quantile over pairs); TRE0 same pairs = initial TRE "
-    "of the pairs that method was scored on; SDlogJ with the official +3; fold % = voxels with det J <= 0; "
-    "s/pair from the method's timings.json; peak RAM = max RSS of the method's subprocess (os.wait4 ru_maxrss)."
+    "TRE, TRE0 (initial), TRE30 (0.3 quantile over pairs) in mm, challenge formula; change = TRE / TRE0 - 1; "
+    "worse = share of pairs with TRE > TRE0; SDlogJ with the official +3; fold % = voxels with det J <= 0; "
+    "s/pair from the method's timings.json; peak GiB = max RSS of the subprocess that made the pair. Rows "
+    "use the pairs every listed method has."
 )
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def _per_method(values: list[str] | None, cast, what: str) -> tuple[object, dict[str, object]]:
-    default, per = None, {}
-    for v in values or []:
-        if "=" in v:
-            name, _, val = v.rpartition("=")
-            per[name] = cast(val)
-        elif default is None:
-            default = cast(v)
-        else:
-            raise SystemExit(f"{what}: give one default and METHOD=VALUE for the others")
-    return default, per
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ReMIND2Reg folder with landmarks")
     ap.add_argument(
-        "--methods", nargs="+", default=["identity"], help="ours by name, peers as peer:<name>-<preset>"
+        "--data", type=Path, default=DEFAULT_DATA, help="ReMIND2Reg folder with landmarks (split.json)"
     )
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["identity"],
+        help="ours by name[@preset], peers as peer:<name>-<preset>",
+    )
+    ap.add_argument(
+        "--split", default="all", choices=["all", "tuning", "held-out"], help="half of the standard set"
+    )
+    ap.add_argument("--families", nargs="+", help="only these simulator families")
     ap.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES))
-    ap.add_argument("--max-pairs", nargs="+", metavar="N|METHOD=N", help="first N pairs (all methods or one)")
-    ap.add_argument("--config", nargs="+", metavar="METHOD=FILE", help="--config FILE passed to that method")
+    ap.add_argument("--max-cases", type=int, help="only the first N cases (after the other filters)")
+    ap.add_argument(
+        "--config", nargs="+", default=[], metavar="METHOD=FILE", help="--config FILE passed to that method"
+    )
     ap.add_argument(
         "--results", type=Path, default=DEFAULT_RESULTS, help="results root (one folder per method)"
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads per run (results depend on it)",
+    )
+    ap.add_argument(
+        "--scheduler", help="run (method, case) tasks on Dask: local, local:N or a scheduler address"
+    )
     ap.add_argument("--rerun", action="store_true", help="run every selected pair again")
     ap.add_argument(
-        "--time-limit",
-        type=float,
-        help="seconds per method run; then its subprocess is stopped and the pairs it finished are kept",
+        "--time-limit", type=float, help="seconds per run; then it is stopped and its finished pairs kept"
     )
     ap.add_argument("--no-run", action="store_true", help="only score the results that exist")
     ap.add_argument("--markdown", type=Path, help="also write the tables as markdown")
     ap.add_argument("--json", type=Path, help="also write all numbers as JSON")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return ap.parse_args(argv)
 
-    all_pairs = find_pairs(args.data, MODALITY_CHOICES[args.modalities])
-    all_pairs = [p for p in all_pairs if landmark_path(p.fixed, args.data) is not None]
-    max_default, max_per = _per_method(args.max_pairs, int, "--max-pairs")
-    _, configs = _per_method(args.config, Path, "--config")
-    selected: dict[str, list[RegistrationPair]] = {}
-    for m in args.methods:
-        n = max_per.get(m, max_default)
-        selected[m] = all_pairs[:n] if n is not None else all_pairs
-    union = [p for p in all_pairs if any(p in sel for sel in selected.values())]
 
-    scored: dict[str, list[PairResult]] = {}
-    peaks: dict[str, dict[str, float]] = {}
-    for m in args.methods:
-        mdir = method_dir(args.results, m)
-        mdir.mkdir(parents=True, exist_ok=True)
-        done = set() if args.rerun else finished_pairs(mdir)
-        todo = [p for p in selected[m] if p.output_name not in done]
-        if todo and not args.no_run:
-            run_method(m, todo, mdir, configs.get(m), args.time_limit)
-        elif not todo:
-            print(f"[{m}] reusing {len(selected[m])} finished pair(s) in {mdir}", flush=True)
-        scored[m] = score(m, selected[m], mdir)
-        peaks[m] = pair_peaks(mdir)
+def select_pairs(args: argparse.Namespace, info: dict[str, CaseInfo]) -> list[RegistrationPair]:
+    pairs = [
+        p
+        for p in find_pairs(args.data, MODALITY_CHOICES[args.modalities])
+        if landmark_path(p.fixed, args.data)
+    ]
+    if args.split != "all":
+        pairs = [p for p in pairs if p.case in info and info[p.case].split == args.split]
+    if args.families:
+        pairs = [p for p in pairs if p.case in info and info[p.case].family in args.families]
+    if args.max_cases:
+        keep = sorted({p.case for p in pairs})[: args.max_cases]
+        pairs = [p for p in pairs if p.case in keep]
+    return pairs
 
-    tre0 = initial_tre(union, args.data)
-    rows = build_rows(args.methods, scored, peaks, tre0)
-    summary = [summary_cells(r) for r in rows]
-    pp_head, pp_rows = per_pair_cells(args.methods, scored, tre0)
-    print()
-    print(f"Data: {args.data}  modalities: {args.modalities}  pairs: {len(union)}")
-    print(text_table(SUMMARY_HEAD, summary))
-    print(NOTES)
-    print()
-    print("Per-pair mean TRE (mm):")
-    print(text_table(pp_head, pp_rows))
+
+def report(
+    args: argparse.Namespace, rows: list[Row], pp: tuple[list[str], list[list[str]]], scored: dict
+) -> None:
+    table = [cells(r) for r in rows]
+    title = f"Data: {args.data}  split: {args.split}  modalities: {args.modalities}  threads: {args.threads}"
+    print(f"\n{title}\n{text_table(HEAD, table)}\n{NOTES}\n\nPer-pair TRE (mm):\n{text_table(*pp)}")
     if args.markdown:
         md = [
-            f"Data: `{args.data}`, modalities: {args.modalities}, pairs: {len(union)}",
+            title,
             "",
-            markdown_table(SUMMARY_HEAD, summary),
+            markdown_table(HEAD, table),
             "",
             NOTES,
             "",
-            "Per-pair mean TRE (mm):",
+            "Per-pair TRE (mm):",
             "",
-            markdown_table(pp_head, pp_rows),
+            markdown_table(*pp),
             "",
         ]
         write_text_atomic(args.markdown, "\n".join(md))
     if args.json:
-        out = {
-            "data": str(args.data),
-            "summary": [asdict(r) for r in rows],
-            "pairs": {m: [asdict(r) for r in scored[m]] for m in args.methods},
-            "peak_rss_mb": peaks,
-        }
+        out = {"data": str(args.data), "split": args.split, "rows": [asdict(r) for r in rows],
+               "pairs": {m: {k: asdict(v) for k, v in s.items()} for m, s in scored.items()}}  # fmt: skip
         write_text_atomic(args.json, json.dumps(out, indent=2, default=float))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    info = case_info(args.data)
+    pairs = select_pairs(args, info)
+    configs = {m: Path(f) for m, _, f in (c.rpartition("=") for c in args.config)}
+    jobs = []
+    for m in args.methods:
+        mdir = method_dir(args.results, m)
+        mdir.mkdir(parents=True, exist_ok=True)
+        done = set() if args.rerun else finished_pairs(mdir)
+        todo = [p for p in pairs if p.output_name not in done]
+        if todo and not args.no_run:
+            jobs += [
+                (mdir, j) for j in plan(m, todo, mdir, configs.get(m), args, per_case=bool(args.scheduler))
+            ]
+    run_jobs(jobs, args.scheduler)
+    scored = {m: score(m, pairs, method_dir(args.results, m)) for m in args.methods}
+    peaks = {m: pair_peaks(method_dir(args.results, m)) for m in args.methods}
+    rows = build_rows(args.methods, scored, peaks, pairs, info)
+    report(args, rows, per_pair(args.methods, scored, pairs, info), scored)
     return 0
 
 

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 OnError = Literal["fail", "skip", "identity"]  # the names of settings.ON_ERROR_POLICIES
 TIMING_NOTES = ("sector_fraction",)  # notes of the method copied into each pair's timings entry
+PAIR_NOTES = ("confidence", "decision")  # per-sequence notes ("<name>_<mod>") copied likewise
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,14 @@ def _write_fields(result: MethodResult, todo: list[RegistrationPair], fixed: Ima
                     shutil.copyfile(first, tmp)
 
 
+def _pair_notes(result: MethodResult, pair: RegistrationPair) -> dict:
+    """The method's notes that go into ``pair``'s timings entry (the guard's, of its sequence)."""
+    mod = pair.moving_name.modality
+    notes = {k: result.notes[k] for k in TIMING_NOTES if k in result.notes}
+    notes.update({k: result.notes[f"{k}_{mod}"] for k in PAIR_NOTES if f"{k}_{mod}" in result.notes})
+    return notes
+
+
 def register_case(job: CaseJob, output_dir: Path, engine: Engine, on_error: OnError) -> CaseOutcome:
     """Register the pairs of one case and write one field per pair still to do (atomically).
 
@@ -315,9 +324,9 @@ def register_case(job: CaseJob, output_dir: Path, engine: Engine, on_error: OnEr
         return outcome
     stages = {"load": load_s, **result.stages, "write": time.perf_counter() - t1}
     total = time.perf_counter() - t0
-    extra = {k: result.notes[k] for k in TIMING_NOTES if k in result.notes}
     outcome.records += [
-        PairRecord(p.output_name, stages, total, len(todo), device, extra=extra) for p in todo
+        PairRecord(p.output_name, stages, total, len(todo), device, extra=_pair_notes(result, p))
+        for p in todo
     ]
     timing = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
     log.info(

@@ -37,6 +37,7 @@ from remind2reg.inference.settings import (
     AdamSettings,
     AffineStageSettings,
     ConvexSettings,
+    GuardSettings,
     MindSettings,
     RefineSettings,
     SettingsError,
@@ -51,7 +52,7 @@ class RegistrationConfig:
     working_spacing_mm: float = 1.0  # images are averaged down to this spacing
     crop_margin_mm: float = 12.0  # margin around the US sector's bounding box
     fusion: str = "joint"  # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO)
-    guard: bool = True  # keep the input alignment when the result does not raise the NMI
+    guard: GuardSettings = field(default_factory=GuardSettings)  # keep the input alignment unless ...
     deformable: bool = True  # False: the affine stage alone (e.g. --method blockmatch-rigid)
     affine: AffineStageSettings = field(default_factory=AffineStageSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)  # learned refinement (off by default)
@@ -108,6 +109,8 @@ def _check_scalar(value: Any, hint: Any, where: str) -> Any:
 
 def _build_value(hint: Any, value: Any, where: str) -> Any:
     if is_dataclass(hint):
+        if isinstance(value, bool) and "enabled" in {f.name for f in fields(hint)}:
+            value = {"enabled": value}  # shorthand: `guard = false` for `[guard] enabled = false`
         return _build(hint, value, where)
     if get_origin(hint) is tuple:
         if not isinstance(value, list | tuple):

@@ -27,7 +27,7 @@ METHODS: tuple[str, ...] = (
 #: How ceT1 and T2 are combined: separately, one joint cost, or fields fused by mean / max.
 FUSIONS: tuple[str, ...] = ("none", "joint", "mean", "max")
 #: Engines of the global (rigid/affine) stage; "none" keeps the header alignment.
-AFFINE_METHODS: tuple[str, ...] = ("none", "blockmatch", "niftyreg")
+AFFINE_METHODS: tuple[str, ...] = ("none", "blockmatch", "niftyreg", "search")
 #: Transform models of the global stage and of point-set fits.
 TRANSFORMS: tuple[str, ...] = ("rigid", "affine")
 #: How the levels of the convex stage are combined.
@@ -36,6 +36,8 @@ COMBINES: tuple[str, ...] = ("last", "weighted")
 SIMILARITIES: tuple[str, ...] = ("mind", "ncc")
 #: What the test-time optimisation updates.
 TTO_TARGETS: tuple[str, ...] = ("network", "velocity")
+#: Criteria of the guard: independent of the optimised MIND SSD.
+GUARD_CRITERIA: tuple[str, ...] = ("nmi", "lc2")
 #: What a batch does with a case that fails (``--on-error``).
 ON_ERROR_POLICIES: tuple[str, ...] = ("fail", "skip", "identity")
 #: Compute devices of the command line; "auto" is CUDA when available, else the CPU.
@@ -157,22 +159,51 @@ class AladinSettings:
 
 
 @dataclass(frozen=True)
+class RigidSearchSettings:
+    """Multi-start rigid optimisation of the MIND similarity (:mod:`~remind2reg.inference.affine.rigid_search`)."""
+
+    start_angles_deg: tuple[float, ...] = (12.0,)  # starts: identity and +-each angle about each axis
+    search_grid_sp: int = 8  # translation search on features pooled by this (working voxels)
+    search_hw: int = 2  # ... over +-search_hw cells (+-16 mm at 1 mm, 8 mm cells)
+    screen_iterations: int = 30  # Adam steps on features pooled by 4, for every start
+    coarse_iterations: int = 30  # then, for the best start, on features pooled by 2 ...
+    fine_iterations: int = 10  # ... and at the working resolution
+    fine_stride: int = 4  # the working-resolution cost uses every n-th sector voxel
+    lr_rotation_deg: float = 0.5  # Adam step of the rotation vector (degrees)
+    lr_translation_mm: float = 0.3  # Adam step of the translation (mm)
+
+    def __post_init__(self) -> None:
+        _require(all(a > 0 for a in self.start_angles_deg), "start_angles_deg must be > 0")
+        _positive("search_grid_sp", self.search_grid_sp)
+        _non_negative("search_hw", self.search_hw)
+        _non_negative("screen_iterations", self.screen_iterations)
+        _non_negative("coarse_iterations", self.coarse_iterations)
+        _non_negative("fine_iterations", self.fine_iterations)
+        _positive("fine_stride", self.fine_stride)
+        _positive("lr_rotation_deg", self.lr_rotation_deg)
+        _positive("lr_translation_mm", self.lr_translation_mm)
+
+
+@dataclass(frozen=True)
 class AffineStageSettings:
     """The global stage before the deformable one (``method = "none"``: the header alignment).
 
     ``blockmatch``: MIND-SSC block matching + LTS; ``niftyreg``: ``reg_aladin`` with the
-    organisers' settings. One transform is shared by ceT1 and T2 unless ``fusion = "none"``:
-    block matching then matches their features jointly, and ``reg_aladin`` registers the
-    first moving sequence.
+    organisers' settings; ``search``: multi-start rigid optimisation of the MIND similarity.
+    One transform is shared by ceT1 and T2 unless ``fusion = "none"``: block matching then
+    matches their features jointly; ``reg_aladin`` and the search register the first moving
+    sequence (ceT1 when present).
     """
 
     method: str = "none"
-    transform: str = "rigid"  # rigid | affine
+    transform: str = "rigid"  # rigid | affine (search: rigid only)
     blockmatch: BlockMatchSettings = field(default_factory=BlockMatchSettings)
+    search: RigidSearchSettings = field(default_factory=RigidSearchSettings)
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, AFFINE_METHODS)
         _one_of("transform", self.transform, TRANSFORMS)
+        _require(self.method != "search" or self.transform == "rigid", "method search is rigid only")
 
 
 # -- deformable stage ----------------------------------------------------------------------
@@ -200,6 +231,8 @@ class ConvexSettings:
     combine: str = "last"  # "last": coarse-to-fine cascade; "weighted": MCBO weighted fusion
     inverse_consistent: bool = False  # also solve moving->fixed, then symmetrise both fields
     inverse_iterations: int = 10
+    rigid_projection: bool = False  # MCPO: each level's field projected onto a rigid transform (LTS)
+    projection_inlier_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         _require(bool(self.levels), "levels must not be empty")
@@ -207,6 +240,7 @@ class ConvexSettings:
         _require(all(c >= 0 for c in self.coefficients), "coefficients must be >= 0")
         _one_of("combine", self.combine, COMBINES)
         _non_negative("inverse_iterations", self.inverse_iterations)
+        _require(0 < self.projection_inlier_fraction <= 1, "projection_inlier_fraction must be in (0, 1]")
         if self.combine == "weighted":
             _require(sum(lv.weight for lv in self.levels) > 0, "the level weights must not all be 0")
 
@@ -231,6 +265,30 @@ class AdamSettings:
         _non_negative("regularisation", self.regularisation)
         _non_negative("smoothing_passes", self.smoothing_passes)
         _non_negative("squaring_steps", self.squaring_steps)
+
+
+# -- guard -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The decision that keeps the input alignment (or the global stage alone) when the evidence
+    for more is weak (:mod:`~remind2reg.inference.stages.guard`).
+
+    The candidates, simplest first: the input alignment, the global transform alone (when a
+    global stage ran), the whole result. A candidate replaces the simpler one chosen so far
+    only when it raises ``criterion`` (measured on the MR as given, inside the sector; never
+    the similarity the optimisers minimised) by more than ``min_gain``.
+    """
+
+    enabled: bool = True
+    criterion: str = "nmi"  # nmi (normalised mutual information) | lc2 (local regression, Wein et al.)
+    min_gain: float = 0.0
+    lc2_radius: int = 3  # LC2 patches of (2r+1)^3 working voxels
+
+    def __post_init__(self) -> None:
+        _one_of("criterion", self.criterion, GUARD_CRITERIA)
+        _positive("lc2_radius", self.lc2_radius)
 
 
 # -- learned refinement --------------------------------------------------------------------

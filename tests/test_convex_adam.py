@@ -14,7 +14,7 @@ from scipy import ndimage
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
-from remind2reg.inference.settings import AdamSettings, AffineStageSettings
+from remind2reg.inference.settings import AdamSettings, AffineStageSettings, GuardSettings
 from tests.conftest import oblique_vox2world
 
 SHAPE = (80, 72, 64)  # 0.5 mm voxels, non-cubic
@@ -122,7 +122,7 @@ def test_refinement_stage_runs_inside_the_method_and_stays_fold_free(tmp_path):
     vox2world = oblique_vox2world(spacing=(1.0, 1.0, 1.0))
     config = RegistrationConfig(
         crop_margin_mm=0.0,
-        guard=False,
+        guard=GuardSettings(enabled=False),
         adam=AdamSettings(iterations=5, feature_pool=1),
         refine=RefineSettings(enabled=True, weights=str(weights), max_mean_residual=100.0),
     )

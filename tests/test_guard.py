@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
 from remind2reg.inference.core.fields import warp
 from remind2reg.inference.core.losses import normalised_mutual_information
 from remind2reg.inference.io.nifti import Image
-from remind2reg.inference.settings import MindSettings
+from remind2reg.inference.settings import GuardSettings, MindSettings
 from remind2reg.inference.stages.features import extract_features
 from remind2reg.inference.stages.guard import guard
 from remind2reg.inference.stages.sector import find_sector
@@ -72,3 +73,42 @@ def test_guard_judges_the_affine_and_the_field_together():
         result = guard(images, (GroupTransform(alignment, zero),))
         affine, notes = result.transforms[0].alignment.fixed2moving_world, result.notes()
         assert (affine is not None) is keep and ("fallback_0001" not in notes) is keep
+
+
+def test_guard_keeps_the_input_alignment_for_an_unrelated_mr():
+    """Another subject's MR: whatever the optimiser found, no criterion rises: input alignment."""
+    us_np = _volume(4) + 3.0
+    unrelated = _volume(5) + 3.0
+    images = _working_images(Image(us_np, np.eye(4)), Image(unrelated, np.eye(4)))
+    some_field = torch.zeros(1, 3, *us_np.shape)
+    some_field[:, 1] = 2.5
+    for criterion in ("nmi", "lc2"):
+        settings = GuardSettings(criterion=criterion, min_gain=0.002)
+        result = guard(images, (GroupTransform(Alignment(("0001",)), some_field),), settings)
+        assert float(result.transforms[0].disp.abs().max()) == 0.0, criterion
+        assert result.decisions["0001"] == "input alignment" and result.confidence["0001"] == 0.0
+
+
+@pytest.mark.parametrize("criterion", ["nmi", "lc2"])
+def test_guard_keeps_the_global_stage_when_the_field_after_it_harms(criterion):
+    """Candidates simplest first: a correct global shift followed by a harmful field keeps the
+    global shift alone; followed by nothing it keeps it too; a correct field is kept whole."""
+    moving_np = _volume(2) + 3.0
+    shift = torch.zeros(1, 3, *moving_np.shape)
+    shift[:, 0] = 2.0
+    fixed_np = warp(torch.from_numpy(moving_np)[None, None], shift)[
+        0, 0
+    ].numpy()  # fixed(x) = moving(x + 2 e_i)
+    images, w = _working_images(Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4)), with_grid=True)
+    f2m = np.eye(4)
+    f2m[0, 3] = 2.0  # world = voxels (identity vox2world): the true shift
+    alignment = Alignment(("0001",), f2m, np.linalg.inv(w) @ f2m @ w)
+    harmful = torch.zeros_like(shift)
+    harmful[:, 1] = 3.0
+    settings = GuardSettings(criterion=criterion)
+    result = guard(images, (GroupTransform(alignment, harmful),), settings)
+    kept = result.transforms[0]
+    assert result.decisions["0001"] == "global stage" and kept.alignment.fixed2moving_world is not None
+    assert float(kept.disp.abs().max()) == 0.0 and result.confidence["0001"] > 0
+    result = guard(images, (GroupTransform(Alignment(("0001",)), shift),), settings)
+    assert result.decisions["0001"] == "full" and torch.equal(result.transforms[0].disp, shift)

@@ -91,13 +91,16 @@ def test_us_with_a_constant_nonzero_background_is_registered_not_kept_silently(t
 
 def test_prefixed_and_odd_names_are_ignored_with_a_log_line(cases, tmp_path, caplog):
     imgs = cases / "imagesTr"
-    (imgs / "old_ReMIND2Reg_0001_0000.nii.gz").write_bytes((imgs / "ReMIND2Reg_0002_0000.nii.gz").read_bytes())
+    (imgs / "old_ReMIND2Reg_0001_0000.nii.gz").write_bytes(
+        (imgs / "ReMIND2Reg_0002_0000.nii.gz").read_bytes()
+    )
     (imgs / "ReMIND2Reg_00017_0001.nii.gz").write_bytes((imgs / "ReMIND2Reg_0002_0001.nii.gz").read_bytes())
     assert register(cases, tmp_path / "out") == EXIT_OK
     for name in ("old_ReMIND2Reg_0001_0000.nii.gz", "ReMIND2Reg_00017_0001.nii.gz"):
         assert f"Ignoring {imgs / name}: not a ReMIND2Reg_<4-digit case>" in caplog.text
     assert _files(tmp_path / "out") == sorted(
-        [f"disp_{c}_0000_{c}_{m}.nii.gz" for c in ("0001", "0002") for m in ("0001", "0002")] + ["timings.json"]
+        [f"disp_{c}_0000_{c}_{m}.nii.gz" for c in ("0001", "0002") for m in ("0001", "0002")]
+        + ["timings.json"]
     )
 
 
@@ -142,7 +145,10 @@ def test_json_entry_naming_a_missing_file_fails_only_its_pair(cases, tmp_path, c
     ]
     (cases / "ReMIND2Reg_dataset.json").write_text(json.dumps({"registration_val": entries}))
     assert register(cases, tmp_path / "out", "--on-error", "identity") == EXIT_INPUT
-    assert "case 0003, file" in caplog.text and "ReMIND2Reg_0003_0000.nii.gz', which does not exist" in caplog.text
+    assert (
+        "case 0003, file" in caplog.text
+        and "ReMIND2Reg_0003_0000.nii.gz', which does not exist" in caplog.text
+    )
     assert _files(tmp_path / "out") == [
         "disp_0001_0000_0001_0001.nii.gz", "disp_0002_0000_0002_0002.nii.gz", "timings.json"
     ]  # fmt: skip
@@ -197,9 +203,14 @@ def test_a_second_run_refuses_while_the_first_holds_the_folder(cases, tmp_path, 
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "x"}))
+        (out / LOCK_NAME).write_text(
+            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "x"})
+        )
         assert register(cases, out) == EXIT_FAILURE
-        assert f"is in use by another remind2reg run (process {holder.pid} on {socket.gethostname()}" in caplog.text
+        assert (
+            f"is in use by another remind2reg run (process {holder.pid} on {socket.gethostname()}"
+            in caplog.text
+        )
         assert _files(out) == []  # nothing written
     finally:
         holder.kill()
@@ -219,7 +230,9 @@ def test_lock_waits_then_refuses(tmp_path):
 
 
 def test_cleanup_removes_only_the_temporary_files_of_dead_processes(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = tmp_path / f".disp_x.nii.gz.{int(dead.stdout)}.abcd.partial.nii.gz"
     stale.write_text("")
     with atomic_path(tmp_path / "disp_y.nii.gz") as live:  # this process's live temporary file
@@ -249,7 +262,9 @@ def test_unwritable_output_folder_is_one_clear_line(cases, tmp_path, caplog, mon
     monkeypatch.setattr(os, "open", refuse)
     out = tmp_path / "out"
     assert register(cases, out) == EXIT_INPUT
-    assert f"file {out}: the output folder is not writable" in caplog.text and "chown 1000:1000" in caplog.text
+    assert (
+        f"file {out}: the output folder is not writable" in caplog.text and "chown 1000:1000" in caplog.text
+    )
     assert _files(out) == []
 
 
@@ -262,9 +277,12 @@ def test_unwritable_output_folder_is_one_clear_line(cases, tmp_path, caplog, mon
         ('[adam]\nlearning_rate = "fast"\n', "config.adam.learning_rate: expected float, got str 'fast'"),
         ("[adam]\niterations = -5\n", "config.adam: iterations must be >= 0; got -5"),
         ("working_spacing_mm = -1.0\n", "config: working_spacing_mm must be > 0; got -1.0"),
-        ("[[convex.levels]]\ngrid_sp = 0\ndisp_hw = 4\n", "config.convex.levels[0]: grid_sp must be > 0; got 0"),
+        (
+            "[[convex.levels]]\ngrid_sp = 0\ndisp_hw = 4\n",
+            "config.convex.levels[0]: grid_sp must be > 0; got 0",
+        ),
         ("[convex]\nlevels = []\n", "config.convex: levels must not be empty"),
-        ("guard = 1\n", "config.guard: expected bool, got int 1"),
+        ("[guard]\nenabled = 1\n", "config.guard.enabled: expected bool, got int 1"),
     ],
 )
 def test_settings_are_validated_when_read(cases, tmp_path, caplog, toml, message):
@@ -332,5 +350,7 @@ def test_good_pairs_are_bit_identical_to_a_clean_run_of_them_alone(tmp_path_fact
         a = np.asarray(nib.load(base / "out_mixed" / name).dataobj)
         b = np.asarray(nib.load(base / "out_clean" / name).dataobj)
         assert np.array_equal(a, b), name
-    expected = sum(2 if how == "fine" else 1 if how in ("truncated ceT1", "constant T2") else 0 for how in plan)
+    expected = sum(
+        2 if how == "fine" else 1 if how in ("truncated ceT1", "constant T2") else 0 for how in plan
+    )
     assert len(written) == expected, (plan, written)

@@ -130,3 +130,44 @@ def divergence(disp: torch.Tensor) -> torch.Tensor:
 def divergence_penalty(disp: torch.Tensor) -> torch.Tensor:
     """``mean(div(u)^2)`` (a scalar), the TTO paper's ``alpha |div u|^2`` term without alpha."""
     return divergence(disp).square().mean()
+
+
+def gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
+    """``|grad I|`` ``(N, 1, I, J, K)`` by central differences (one-sided at the border)."""
+    _check_volume("image", image, channels=1)
+    grads = torch.gradient(image.float(), dim=(2, 3, 4))
+    return torch.sqrt(grads[0] ** 2 + grads[1] ** 2 + grads[2] ** 2)
+
+
+def lc2(us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> float:
+    """Linear correlation of linear combination (LC2, Wein et al.; a score in [0, 1]).
+
+    In the ``(2r+1)^3`` patch around each voxel the US is regressed on the MR, its gradient
+    magnitude and a constant by least squares (``us ~ a mr + b |grad mr| + c``): a bright wall
+    around a dark region is explained by the gradient term. The score is
+    ``sum_x mask (var_us - residual) / sum_x mask var_us``: the patches' explained variance,
+    weighted by the US variance (flat patches, such as an anechoic cavity, weigh nothing).
+    Images and mask ``(1, 1, I, J, K)``.
+    """
+    _check_pair("us", us, "mr", mr)
+    _check_mask("mask", mask, us)
+    u, m = us.float(), mr.float()
+    g = gradient_magnitude(m)
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return box_filter(x, radius)
+
+    mu_u, mu_m, mu_g = box(u), box(m), box(g)
+    var_u = (box(u * u) - mu_u**2).clamp_min(0)
+    c_mm = box(m * m) - mu_m**2
+    c_gg = box(g * g) - mu_g**2
+    c_mg = box(m * g) - mu_m * mu_g
+    b_m = box(u * m) - mu_u * mu_m
+    b_g = box(u * g) - mu_u * mu_g
+    # Explained variance b^T C^-1 b of the 2x2 covariance C of (mr, |grad mr|), regularised.
+    eps = 1e-6 * (c_mm.mean() + c_gg.mean()) + 1e-12
+    det = (c_mm + eps) * (c_gg + eps) - c_mg**2
+    explained = ((c_gg + eps) * b_m**2 - 2 * c_mg * b_m * b_g + (c_mm + eps) * b_g**2) / det.clamp_min(1e-12)
+    explained = torch.minimum(explained.clamp_min(0), var_u)
+    w = (mask > 0).float()
+    return float((w * explained).sum() / (w * var_u).sum().clamp_min(1e-12))

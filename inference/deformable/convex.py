@@ -13,10 +13,12 @@ challenge's direction: fixed point ``x`` corresponds to moving point ``x + u(x)`
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from remind2reg.inference.core.correlation import cost_volume, displacement_offsets, pool
-from remind2reg.inference.core.fields import box_smooth, compose, upsample_cells, warp
+from remind2reg.inference.core.fields import affine_field, box_smooth, compose, upsample_cells, warp
+from remind2reg.inference.core.projection import project_field
 from remind2reg.inference.settings import ConvexSettings
 
 
@@ -77,6 +79,9 @@ def convex_levels(
     sector ``(1, 1, I, J, K)``. Each level searches a residual ``r`` on the moving features
     warped by the field so far and composes it: ``d <- r(x) + d(x + r(x))``. With
     ``combine = "weighted"`` the result is the weighted mean of the levels' fields (MCBO).
+    With ``rigid_projection`` each level's field is replaced by its least-trimmed-squares rigid
+    fit inside the sector (MCPO, ReMIND2Reg 2025): the working grid is isotropic, so a rigid
+    map of working voxels is rigid in mm.
     """
     shape = tuple(fixed.shape[-3:])
     disp = torch.zeros((1, 3, *shape), device=fixed.device)
@@ -96,6 +101,9 @@ def convex_levels(
             residual_c = inverse_consistent(residual_c, backward, settings.inverse_iterations)
         residual = upsample_cells(residual_c, level.grid_sp, shape)  # type: ignore[arg-type]
         disp = compose(residual, disp)  # x -> x + r(x) -> moving via the previous field
+        if settings.rigid_projection:  # MCPO: the level's field replaced by its LTS rigid fit
+            fit = project_field(disp, mask, np.eye(4), "rigid", settings.projection_inlier_fraction)
+            disp = affine_field(fit.matrix, shape, disp.device)  # type: ignore[arg-type]
         totals.append(disp)
         weights.append(level.weight)
     if settings.combine == "weighted":

@@ -9,6 +9,7 @@ of the group). The later stages register the pre-warped MR
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import torch
 from numpy.typing import NDArray
 
 from remind2reg.inference.affine.blockmatch import block_match
+from remind2reg.inference.affine.rigid_search import rigid_search
 from remind2reg.inference.core.fields import affine_field, warp
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.settings import AffineStageSettings, AladinSettings, MindSettings
@@ -29,6 +31,8 @@ from remind2reg.inference.stages.features import (
 )
 from remind2reg.inference.stages.sector import Sector
 from remind2reg.inference.stages.transforms import Alignment
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,18 @@ def fixed2moving_world(
     sector: Sector,
     group: tuple[str, ...],
     settings: AffineStageSettings,
+    mind: MindSettings,
 ) -> NDArray[np.float64]:
     """The global transform of one group by the configured engine."""
+    if settings.method == "search":
+        result = rigid_search(
+            case.features.us, case.images.mask, case.images.mr[group[0]],
+            sector.grid.vox2world(fixed.vox2world), mind, settings.search,
+        )  # fmt: skip
+        log.info(
+            "Rigid search: start %s deg, costs %s", np.round(result.start_deg, 1), np.round(result.costs, 4)
+        )
+        return result.fixed2moving_world
     if settings.method == "blockmatch":
         us, mr = case.features.joint(group)
         working_vox2world = sector.grid.vox2world(fixed.vox2world)
@@ -90,7 +104,7 @@ def align_globally(
     shape = tuple(case.images.us.shape[-3:])
     alignments, warped = [], {}
     for group in groups:
-        matrix = fixed2moving_world(fixed, moving, case, sector, group, settings)
+        matrix = fixed2moving_world(fixed, moving, case, sector, group, settings, mind)
         vox2vox = w_inv @ matrix @ w  # working voxel -> working voxel
         alignments.append(Alignment(group, matrix, vox2vox))
         for mod in group:

@@ -1,0 +1,48 @@
+"""A dense field projected onto the rigid (or affine) transform that best explains it (ground floor).
+
+The organisers' ConvexAdam-Rigid and MCPO (ReMIND2Reg 2025, 1st) fit a rigid transform to the
+dense displacement of a convex level by least trimmed squares, inside the US sector: point
+``p`` (a voxel centre) is matched with ``p + u(p)``, both in world mm, and
+:func:`~remind2reg.inference.core.pointfit.lts_fit` keeps the best ``inlier_fraction`` of
+the matches. The result is ``fixed2moving_world``: ``moving_world = fixed2moving_world @ fixed_world``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from remind2reg.inference.core.pointfit import LtsFit, lts_fit
+from remind2reg.inference.geometry import apply_affine
+
+
+def project_field(
+    disp: torch.Tensor,
+    mask: torch.Tensor,
+    working_vox2world: NDArray,
+    transform: str = "rigid",
+    inlier_fraction: float = 0.5,
+    iterations: int = 15,
+    max_points: int = 20_000,
+) -> LtsFit:
+    """The LTS fit of ``x -> x + disp(x)`` over the voxels where ``mask > 0``.
+
+    ``disp`` ``(1, 3, I, J, K)`` and ``mask`` ``(1, 1, I, J, K)`` on the working grid (voxels,
+    fixed -> moving); the points are subsampled evenly to at most ``max_points``. The returned
+    matrix maps fixed world mm to moving world mm.
+    """
+    if disp.dim() != 5 or disp.shape[1] != 3 or mask.shape[2:] != disp.shape[2:]:
+        raise ValueError(
+            f"expected disp (1, 3, I, J, K) and mask (1, 1, I, J, K), got {tuple(disp.shape)}, {tuple(mask.shape)}"
+        )
+    inside = torch.nonzero(mask[0, 0] > 0)  # (P, 3) voxel indices (i, j, k)
+    if len(inside) < 10:
+        raise ValueError(f"only {len(inside)} voxels inside the mask: nothing to fit")
+    step = max(1, len(inside) // max_points)
+    points = inside[::step]
+    u = disp[0].float()[:, points[:, 0], points[:, 1], points[:, 2]].T  # (P, 3) voxels
+    src = points.double().cpu().numpy()
+    dst = src + u.double().cpu().numpy()
+    w = np.asarray(working_vox2world, dtype=np.float64)
+    return lts_fit(apply_affine(w, src), apply_affine(w, dst), transform, inlier_fraction, iterations)
