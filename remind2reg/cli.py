@@ -56,6 +56,7 @@ from remind2reg.inference.settings import (
     ON_ERROR_POLICIES,
     parse_scheduler,
 )
+from remind2reg.synthesis.families import DEFAULT_FAMILY, FAMILIES
 
 log = logging.getLogger("remind2reg")
 
@@ -207,6 +208,13 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         help="voxels per side; the field of view stays 128 mm (256 -> 0.5 mm)",
     )
     p.add_argument("--first-case", type=int, default=1, help="number of the first case (4 digits in names)")
+    p.add_argument(
+        "--family",
+        default=DEFAULT_FAMILY,
+        choices=FAMILIES,
+        help="simulator family: what the iUS looks like and how the brain moved (docs/simulator.md; "
+        "default %(default)s)",
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -344,6 +352,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         config=config,
         shared_data=args.shared_data,
         first_case=args.first_case,
+        family=args.family,
     )
     return EXIT_OK
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from remind2reg.inference.geometry import apply_affine
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+
+from remind2reg.inference.geometry import apply_affine
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,22 @@
 """Synthetic ReMIND2Reg-format datasets with known ground truth (``remind2reg synth``).
 
-One case is made in these steps (each a function below):
+A case belongs to a family (:mod:`synthesis.families`) that decides its sector, its
+deformation, whether it has a resection cavity, and its iUS appearance. One case is made in
+these steps:
 
-1. ``pick_brain``: a pre-operative brain (MNI152 with an inserted tumour, or a real MRI);
-2. ``plan_probe``: a craniotomy at the brain surface nearest the tumour, the probe sector;
-3. ``case_geometry``: a 256^3, 0.5 mm oblique grid centred on the sector (real ReMIND2Reg
-   orientations when ``../shared`` is there, random oblique ones otherwise);
-4. ``resample_moving``: the ceT1 / T2 / labels on that grid (the moving images);
-5. ``brain_shift``: a known fixed -> moving deformation, scaled to a drawn initial TRE;
-6. ``intraoperative_anatomy``: the anatomy warped into the fixed frame, with the resection
-   cavity cut out;
-7. ``render_ultrasound`` (``synthesis.ultrasound``): the post-resection iUS (fixed image);
-8. ``place_landmarks``: corner points in the sector, moved by the ground truth.
+1-4. :mod:`synthesis.scene`: the pre-operative brain (MNI152 with an inserted tumour, or a real
+   MRI), the probe plan, a 256^3, 0.5 mm oblique grid centred on the drawn sector, the moving
+   images on that grid;
+5. :func:`deform`: the known fixed -> moving field (:mod:`synthesis.deformation`);
+6. :func:`intraoperative_anatomy`: the anatomy warped into the fixed frame, with the resection
+   cavity cut out (:mod:`synthesis.cavity`) in the families that have one;
+7. :func:`synthesis.ultrasound.render_ultrasound` with the family's per-case settings
+   (:mod:`synthesis.appearance`): the iUS (fixed image);
+8. :func:`place_landmarks`: corner points in the sector, moved by the ground truth.
+
+Random streams: a case draws from ``default_rng([seed, index])`` in the ``legacy`` family
+(the original generator's cases, unchanged) and from ``default_rng([seed, index, code])``
+with the family's code otherwise, so that families do not share draws.
 """
 
 from __future__ import annotations
@@ -20,64 +25,54 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from remind2reg.evaluation.metrics import sample_displacement
-from remind2reg.inference.core.pointfit import rigid_fit_residual
-from remind2reg.inference.errors import InputError
-from remind2reg.inference.geometry import apply_affine, compose_affine_displacement
-from remind2reg.inference.io.atomic import write_text_atomic
-from remind2reg.inference.io.landmarks import write_landmarks_csv
-from remind2reg.inference.io.nifti import write_image
-from remind2reg.synthesis import labels as L
-from remind2reg.synthesis.brainshift import (
-    BrainShiftParams,
-    CoarseGrid,
-    magnitude_mm,
-    nonrigid_displacement_coarse,
-    rigid_fixed2moving_world,
-    smooth_noise,
-    upsample,
-)
-from remind2reg.synthesis.landmarks import pick_landmarks
-from remind2reg.synthesis.sources import SHARED_SUBJECTS, SourceBrain, insert_tumour, load_mni, load_shared
-from remind2reg.synthesis.ultrasound import Sector, random_sector, render_ultrasound, sector_bbox, sector_mask
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from remind2reg.evaluation.metrics import sample_displacement
+from remind2reg.inference.core.pointfit import rigid_fit_residual
+from remind2reg.inference.errors import InputError
+from remind2reg.inference.geometry import apply_affine
+from remind2reg.inference.io.atomic import write_text_atomic
+from remind2reg.inference.io.landmarks import write_landmarks_csv
+from remind2reg.inference.io.nifti import write_image
+from remind2reg.synthesis import labels as L
+from remind2reg.synthesis.appearance import case_ultrasound_params
+from remind2reg.synthesis.brainshift import BrainShiftParams
+from remind2reg.synthesis.cavity import CavityFrame, irregular_cavity, legacy_cavity
+from remind2reg.synthesis.config import SynthConfig
+from remind2reg.synthesis.deformation import (
+    ShiftGrid,
+    brain_shift,
+    draw_initial_tre,
+    draw_post_resection_shift,
+    draw_rigid,
+    random_perpendicular,
+    rigid_dominant_shift,
+)
+from remind2reg.synthesis.families import DEFAULT_FAMILY, FamilySettings, family_settings
+from remind2reg.synthesis.landmarks import pick_landmarks
+from remind2reg.synthesis.scene import (
+    ProbePlan,
+    case_geometry,
+    load_template_orientations,
+    pick_brain,
+    plan_probe,
+    random_orientation,
+    resample_moving,
+)
+from remind2reg.synthesis.sources import default_shared_data
+from remind2reg.synthesis.ultrasound import Sector, random_sector, render_ultrasound, sector_bbox, sector_mask
+
 log = logging.getLogger(__name__)
 
 TASK = "ReMIND2Reg"
-# ../shared/data beside the repository, unless REMIND2REG_SHARED_DATA says otherwise.
-DEFAULT_SHARED = Path(
-    os.environ.get("REMIND2REG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-GEOMETRY_FILE = Path("remind2reg_geometry") / "validation_affines.json"
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Settings of the generator (lengths in mm)."""
-
-    grid: int = 256  # voxels per side
-    fov_mm: float = 128.0  # side of the cube (ReMIND2Reg: 256 x 0.5 mm)
-    n_landmarks: int = 15
-    min_landmark_separation_mm: float = 8.0
-    initial_tre_mm: tuple[float, float] = (3.5, 5.0)  # drawn target of the mean initial TRE
-    coarse_mm: float = 2.0  # spacing on which the velocity field is integrated
-    t2_probability: float = 1.0  # chance that a case has a T2 (ReMIND2Reg: 62 of 99)
-    resected_fraction: tuple[float, float] = (0.6, 1.0)
-    corridor_probability: float = 0.7  # chance of a saline-filled access corridor
-    tumour_radius_mm: tuple[float, float] = (7.0, 12.0)  # MNI source only
-    tumour_depth_mm: tuple[float, float] = (10.0, 22.0)  # MNI source only, below the surface
-
-    @property
-    def spacing_mm(self) -> float:
-        return self.fov_mm / self.grid
+SPLITS = ("tuning", "held-out")
 
 
 @dataclass
@@ -97,161 +92,98 @@ class CaseRecord:
     initial_tre_max_mm: float
     initial_tre_min_mm: float
     rigid_residual_mm: float  # mean landmark error left after the best rigid fit
+    family: str = DEFAULT_FAMILY
+    split: str | None = None  # "tuning" or "held-out" in the standard set
     extras: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CaseSpec:
+    """What to make: case id (4 digits), ``index`` (seeds the case), MRI source (``mni`` or
+    ``shared``) and family. ``subject``: the shared subject (default: by index);
+    ``has_t2`` / ``nearly_aligned``: forced, or None to draw them (``SynthConfig.t2_probability``;
+    the family's nearly aligned share); ``split``: recorded as is."""
+
+    case: str
+    index: int
+    source: str = "mni"
+    family: str = DEFAULT_FAMILY
+    subject: str | None = None
+    has_t2: bool | None = None
+    nearly_aligned: bool | None = None
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        family_settings(self.family)  # raises on an unknown family
+        if self.source not in ("mni", "shared") or self.index < 0:
+            raise ValueError(f"bad case spec: source {self.source!r}, index {self.index}")
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+
+
+def case_rng(seed: int, index: int, family: FamilySettings) -> np.random.Generator:
+    """The random stream of a case (see the module docstring)."""
+    key = [seed, index] if family.family_code == 0 else [seed, index, family.family_code]
+    return np.random.default_rng(key)
+
+
 # --------------------------------------------------------------------------------------------
-# 1-3: brain, probe and grid
+# Sector and grid
 # --------------------------------------------------------------------------------------------
-
-
-def pick_brain(
-    source: str, index: int, rng: np.random.Generator, config: SynthConfig, shared: Path
-) -> SourceBrain:
-    """The pre-operative brain of case ``index`` (cached loads; MNI gets a random tumour)."""
-    if source == "shared":
-        subjects = sorted(SHARED_SUBJECTS)
-        return _cached(
-            ("shared", subjects[index % len(subjects)]),
-            lambda: load_shared(shared, subjects[index % len(subjects)]),
-        )
-    brain = _cached(("mni",), load_mni)
-    labels = brain.labels
-    inside = labels != L.BACKGROUND
-    depth = _surface_depth(inside)
-    z_world = apply_affine(brain.vox2world, np.argwhere(inside))[:, 2]
-    lo, hi = config.tumour_depth_mm
-    candidates = np.argwhere(inside)[
-        (depth[inside] >= lo)
-        & (depth[inside] <= hi)
-        & (z_world > 0.0)
-        & np.isin(labels[inside], [L.GREY_MATTER, L.WHITE_MATTER])
-    ]
-    centre = candidates[rng.integers(len(candidates))].astype(np.float64)
-    radius = float(rng.uniform(*config.tumour_radius_mm))
-    return insert_tumour(brain, centre, radius, rng, enhancing=bool(rng.random() < 0.5))
-
-
-_CACHE: dict[tuple, SourceBrain] = {}
-
-
-def _cached(key: tuple, load) -> SourceBrain:
-    if key not in _CACHE:
-        _CACHE[key] = load()
-    return _CACHE[key]
-
-
-def _surface_depth(inside: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Distance (voxels of the 1 mm source grid) to the outside of the closed brain mask."""
-    filled = ndimage.binary_fill_holes(ndimage.binary_closing(inside, iterations=3))
-    return ndimage.distance_transform_edt(filled)
 
 
 @dataclass(frozen=True)
-class ProbePlan:
-    """Craniotomy and probe, in the source's world mm."""
+class CaseGeometry:
+    """The case grid and the probe sector on it (fixed voxels; ``inner``: the sector eroded by
+    3 mm, where landmarks may lie; ``imaged_mid_world``: the middle of the imaged depth)."""
 
-    surface_world: NDArray  # where the probe touches the brain
-    beam_world: NDArray  # unit vector into the brain
-    tumour_world: NDArray
-    tumour_radius_mm: float
+    vox2world: NDArray
+    sector: Sector
+    mask: NDArray[np.bool_]
+    bbox: tuple[slice, ...]
+    inner: NDArray[np.bool_]
+    imaged_mid_world: NDArray
 
 
-def plan_probe(brain: SourceBrain, rng: np.random.Generator, max_tilt_deg: float = 15.0) -> ProbePlan:
-    """Craniotomy at the brain surface nearest the tumour, beam tilted by up to ``max_tilt_deg``."""
-    tumour = brain.labels == L.TUMOUR
-    inside = brain.labels != L.BACKGROUND
-    tumour_vox = np.argwhere(tumour).mean(axis=0)
-    filled = ndimage.binary_fill_holes(ndimage.binary_closing(inside, iterations=3))
-    # Nearest outside voxel of the tumour centre: the EDT's feature transform of the outside.
-    _, nearest = ndimage.distance_transform_edt(filled, return_indices=True)
-    centre_idx = tuple(np.round(tumour_vox).astype(int))
-    surface_vox = nearest[(slice(None), *centre_idx)].astype(np.float64)
-    to_tumour = (
-        apply_affine(brain.vox2world, tumour_vox[None])[0]
-        - apply_affine(brain.vox2world, surface_vox[None])[0]
+def place_sector(
+    plan: ProbePlan,
+    orientation: NDArray,
+    config: SynthConfig,
+    family: FamilySettings,
+    rng: np.random.Generator,
+) -> CaseGeometry:
+    """Draw the sector (family ranges) along the planned beam and centre the grid on it."""
+    spacing, grid = config.spacing_mm, config.grid
+    beam_vox = np.linalg.inv(orientation) @ plan.beam_world
+    draft = random_sector((0.0, 0.0, 0.0), tuple(beam_vox), rng, family.sector.ranges())
+    imaged_mid = plan.surface_world + plan.beam_world * 0.5 * (draft.depth_mm - draft.near_mm)
+    vox2world = case_geometry(orientation, spacing, grid, imaged_mid)
+    apex_world = plan.surface_world - plan.beam_world * (draft.near_mm - family.sector.probe_indent_mm)
+    sector = Sector(
+        apex_vox=tuple(apply_affine(np.linalg.inv(vox2world), apex_world[None])[0]),
+        axis=tuple(beam_vox / np.linalg.norm(beam_vox)),
+        depth_mm=draft.depth_mm,
+        opening_deg=draft.opening_deg,
+        near_mm=draft.near_mm,
+        roll_deg=draft.roll_deg,
     )
-    beam = to_tumour / np.linalg.norm(to_tumour)
-    tilt = Rotation.from_rotvec(np.deg2rad(rng.uniform(0, max_tilt_deg)) * _random_perpendicular(beam, rng))
-    beam = tilt.apply(beam)
-    tumour_world = apply_affine(brain.vox2world, tumour_vox[None])[0]
-    # The probe sits where the tilted beam through the tumour centre leaves the brain.
-    step = 0.5
-    point = tumour_world.copy()
-    world2vox = np.linalg.inv(brain.vox2world)
-    for _ in range(400):
-        vox = np.round(apply_affine(world2vox, point[None])[0]).astype(int)
-        if (vox < 0).any() or (vox >= filled.shape).any() or not filled[tuple(vox)]:
-            break
-        point -= step * beam
-    radius = float(
-        (3.0 * tumour.sum() * np.prod(np.linalg.norm(brain.vox2world[:3, :3], axis=0)) / (4 * np.pi))
-        ** (1 / 3)
-    )
-    return ProbePlan(surface_world=point, beam_world=beam, tumour_world=tumour_world, tumour_radius_mm=radius)
-
-
-def _random_perpendicular(v: NDArray, rng: np.random.Generator) -> NDArray:
-    w = np.cross(v, rng.standard_normal(3))
-    return w / np.linalg.norm(w)
-
-
-def load_template_orientations(shared: Path) -> list[NDArray]:
-    """Direction matrices (3x3, unit columns) of the real ReMIND2Reg validation grids, if present."""
-    path = shared / GEOMETRY_FILE
-    if not path.is_file():
-        return []
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    out = []
-    for entry in meta.values():
-        lin = np.asarray(entry["affine_vox2ras"], dtype=np.float64)[:3, :3]
-        out.append(lin / np.linalg.norm(lin, axis=0))
-    return out
-
-
-def random_orientation(rng: np.random.Generator, max_tilt_deg: float = 20.0) -> NDArray:
-    """An oblique direction matrix like those of ReMIND2Reg: a signed axis permutation
-    (RPI, PIR, LPS, ...) tilted by up to ``max_tilt_deg`` about a random axis."""
-    perm = np.eye(3)[rng.permutation(3)] * rng.choice([-1.0, 1.0], size=3)[:, None]
-    tilt = Rotation.from_rotvec(
-        np.deg2rad(rng.uniform(0, max_tilt_deg)) * _random_perpendicular(rng.standard_normal(3), rng)
-    )
-    return tilt.as_matrix() @ perm.T
-
-
-def case_geometry(
-    orientation: NDArray, spacing_mm: float, grid: int, centre_world: NDArray
-) -> NDArray[np.float64]:
-    """``vox2world`` of a ``grid^3`` cube with the given directions whose centre is ``centre_world``."""
-    vox2world = np.eye(4)
-    vox2world[:3, :3] = orientation * spacing_mm
-    centre_vox = np.full(3, (grid - 1) / 2.0)
-    vox2world[:3, 3] = centre_world - vox2world[:3, :3] @ centre_vox
-    return vox2world
-
-
-def resample_moving(brain: SourceBrain, vox2world: NDArray, grid: int) -> dict[str, NDArray]:
-    """ceT1, T2 (trilinear) and labels (nearest) of the brain on the case grid."""
-    case2source = np.linalg.inv(brain.vox2world) @ vox2world  # case voxel -> source voxel
     shape = (grid, grid, grid)
-
-    def warp(image: NDArray, order: int) -> NDArray:
-        return ndimage.affine_transform(
-            image, case2source[:3, :3], offset=case2source[:3, 3], output_shape=shape, order=order
-        )
-
-    return {"t1": warp(brain.t1, 1), "t2": warp(brain.t2, 1), "labels": warp(brain.labels, 0)}
+    mask = sector_mask(shape, spacing, sector)
+    bbox = sector_bbox(shape, spacing, sector)
+    inner = np.zeros_like(mask)
+    inner[bbox] = ndimage.binary_erosion(mask[bbox], iterations=max(1, round(3.0 / spacing)))
+    return CaseGeometry(vox2world, sector, mask, bbox, inner, imaged_mid)
 
 
 # --------------------------------------------------------------------------------------------
-# 5-8: deformation, intra-operative anatomy, ultrasound, landmarks
+# 5-6: deformation, intra-operative anatomy
 # --------------------------------------------------------------------------------------------
 
 
 def draw_brain_shift(plan: ProbePlan, resected: bool, rng: np.random.Generator) -> BrainShiftParams:
-    """Random component magnitudes (before scaling), as reported for post-resection shift."""
+    """Legacy: random component magnitudes (before scaling) of a post-resection shift."""
     gravity = Rotation.from_rotvec(
-        np.deg2rad(rng.uniform(0, 20)) * _random_perpendicular(plan.beam_world, rng)
+        np.deg2rad(rng.uniform(0, 20)) * random_perpendicular(plan.beam_world, rng)
     ).apply(plan.beam_world)
     translation = rng.standard_normal(3)
     translation *= rng.uniform(1.5, 4.0) / np.linalg.norm(translation)
@@ -266,7 +198,7 @@ def draw_brain_shift(plan: ProbePlan, resected: bool, rng: np.random.Generator) 
         residual_mm=float(rng.uniform(0.8, 1.5)),
         residual_smooth_mm=float(rng.uniform(10.0, 16.0)),
         rotation_deg=float(rng.uniform(1.5, 4.0)),
-        rotation_axis_world=tuple(_random_perpendicular(rng.standard_normal(3), rng)),
+        rotation_axis_world=tuple(random_perpendicular(rng.standard_normal(3), rng)),
         translation_world=tuple(translation),
         pivot_world=tuple(plan.surface_world),
         apex_world=tuple(plan.surface_world),
@@ -274,95 +206,86 @@ def draw_brain_shift(plan: ProbePlan, resected: bool, rng: np.random.Generator) 
     )
 
 
-def brain_shift(
-    params: BrainShiftParams,
-    vox2world: NDArray,
-    grid: int,
-    sector: NDArray[np.bool_],
-    target_mean_mm: float,
+def deform(
+    spec: CaseSpec,
+    family: FamilySettings,
+    plan: ProbePlan,
+    geo: CaseGeometry,
     config: SynthConfig,
     rng: np.random.Generator,
-) -> tuple[NDArray[np.float32], BrainShiftParams, float]:
-    """The fixed -> moving field ``(grid, grid, grid, 3)`` (voxels), scaled so that the mean
-    ``|u|`` where landmarks can lie (the sector eroded by 3 mm) is about ``target_mean_mm``. Returns (field, params, scale)."""
-    step = max(1, round(config.coarse_mm / config.spacing_mm))
-    coarse = CoarseGrid((grid, grid, grid), step)
-    noise = smooth_noise(coarse.shape, params.residual_smooth_mm / (step * config.spacing_mm), rng)
-    points = coarse.fine_voxels()
-    inside = np.minimum(points, grid - 1).astype(int)
-    sector_coarse = sector[inside[..., 0], inside[..., 1], inside[..., 2]]  # sector at coarse points
-    points = points[sector_coarse]
-    scale = 1.0
-    for _ in range(3):  # fixed-point iteration: exp(v) is not linear in the scale
-        p = params.scaled(scale)
-        u_nr = nonrigid_displacement_coarse(p, vox2world, coarse, noise)
-        rigid_vox = np.linalg.inv(vox2world) @ rigid_fixed2moving_world(p) @ vox2world
-        moved = apply_affine(rigid_vox, points + u_nr[sector_coarse])
-        mean_mm = float(magnitude_mm(moved - points, vox2world).mean())
-        scale *= target_mean_mm / max(mean_mm, 1e-6)
-    p = params.scaled(scale)
-    u_nr = nonrigid_displacement_coarse(p, vox2world, coarse, noise)
-    disp = compose_affine_displacement(
-        upsample(u_nr, step, (grid, grid, grid)), rigid_fixed2moving_world(p), vox2world
-    )
-    return disp, p, scale
+) -> tuple[NDArray[np.float32], BrainShiftParams, float, dict]:
+    """The fixed -> moving field of the case (fixed voxels), its parameters, the overall
+    scale and what was drawn (json-able)."""
+    where = ShiftGrid(geo.vox2world, config.grid, config.spacing_mm, config.coarse_mm, geo.inner)
+    shift = family.shift
+    if shift.kind == "legacy":
+        target = float(rng.uniform(*config.initial_tre_mm))
+        params = draw_brain_shift(plan, resected=True, rng=rng)
+        disp, params, scale = brain_shift(params, where, target, rng)
+        return disp, params, scale, {"target_initial_tre_mm": target}
+    if shift.kind == "post-resection":
+        target = draw_initial_tre(shift, rng)
+        params = draw_post_resection_shift(
+            shift, plan.surface_world, plan.beam_world, plan.tumour_world, plan.tumour_radius_mm, rng
+        )
+        disp, params, scale = brain_shift(params, where, target, rng)
+        return disp, params, scale, {"target_initial_tre_mm": target}
+    draw = draw_rigid(shift, rng, spec.nearly_aligned)
+    disp, params = rigid_dominant_shift(draw, shift, where, geo.imaged_mid_world, plan.beam_world, rng)
+    return disp, params, 1.0, {"rigid_draw": asdict(draw), "nearly_aligned": draw.nearly_aligned}
+
+
+def warp_anatomy(
+    moving: dict[str, NDArray], disp: NDArray, bbox: tuple[slice, ...]
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Labels (nearest) and T1 (trilinear) of the moving images at ``x + u(x)`` for the fixed
+    voxels ``x`` of ``bbox``: ``fixed(x) = moving(x + u(x))``."""
+    origin = np.array([s.start for s in bbox], dtype=np.float64)
+    box_shape = tuple(s.stop - s.start for s in bbox)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in box_shape], indexing="ij"), 0)
+    coords = grid + origin[:, None, None, None].astype(np.float32) + np.moveaxis(disp[bbox], -1, 0)
+    labels = ndimage.map_coordinates(moving["labels"], coords, order=0, mode="constant", cval=0)
+    t1 = ndimage.map_coordinates(moving["t1"], coords, order=1, mode="constant", cval=0.0)
+    return labels.astype(np.uint8), t1.astype(np.float32)
 
 
 def intraoperative_anatomy(
     moving: dict[str, NDArray],
     disp: NDArray,
-    bbox: tuple[slice, ...],
+    geo: CaseGeometry,
     plan: ProbePlan,
-    vox2world: NDArray,
-    rng: np.random.Generator,
+    family: FamilySettings,
     config: SynthConfig,
-) -> tuple[NDArray[np.uint8], NDArray[np.float32], float, bool]:
-    """Labels and T1 in the fixed frame (inside ``bbox``; zero elsewhere) with the cavity.
-
-    ``fixed(x) = moving(x + u(x))``. The part of the (warped) tumour nearest the probe is
-    resected (a drawn fraction) and becomes saline-filled CAVITY, optionally with an access
-    corridor to the surface. Returns (labels, t1, resected fraction, corridor).
-    """
-    shape = disp.shape[:3]
-    origin = np.array([s.start for s in bbox], dtype=np.float64)
-    box_shape = tuple(s.stop - s.start for s in bbox)
-    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in box_shape], indexing="ij"), 0)
-    coords = grid + origin[:, None, None, None].astype(np.float32) + np.moveaxis(disp[bbox], -1, 0)
-    labels_box = ndimage.map_coordinates(moving["labels"], coords, order=0, mode="constant", cval=0).astype(
-        np.uint8
-    )
-    t1_box = ndimage.map_coordinates(moving["t1"], coords, order=1, mode="constant", cval=0.0).astype(
-        np.float32
-    )
-    del coords, grid
-
-    tumour = labels_box == L.TUMOUR
-    fraction = float(rng.uniform(*config.resected_fraction))
-    corridor = bool(rng.random() < config.corridor_probability)
-    if tumour.any():
-        world = apply_affine(vox2world, np.argwhere(tumour) + origin)
-        depth = (world - plan.surface_world) @ plan.beam_world
-        cut = np.quantile(depth, fraction)
-        cavity = np.zeros_like(tumour)
-        cavity[tuple(np.argwhere(tumour)[depth <= cut].T)] = True
-        if corridor:
-            cavity |= _corridor(box_shape, origin, vox2world, plan, rng) & (labels_box != L.BACKGROUND)
+    rng: np.random.Generator,
+) -> tuple[NDArray[np.uint8], NDArray[np.float32], dict]:
+    """Labels and T1 in the fixed frame (inside the sector's bbox; zero elsewhere) with the
+    resection cavity (label CAVITY) of families that have one. Returns (labels, t1, drawn)."""
+    labels_box, t1_box = warp_anatomy(moving, disp, geo.bbox)
+    drawn: dict = {}
+    if family.cavity is not None:
+        frame = CavityFrame(
+            origin=np.array([s.start for s in geo.bbox], dtype=np.float64),
+            vox2world=geo.vox2world,
+            spacing_mm=config.spacing_mm,
+            surface_world=plan.surface_world,
+            beam_world=plan.beam_world,
+            tumour_world=plan.tumour_world,
+        )
+        if family.cavity.irregular:
+            cavity, draw = irregular_cavity(labels_box, geo.mask[geo.bbox], frame, family.cavity, rng)
+            drawn = asdict(draw)
+        else:
+            fraction = float(rng.uniform(*config.resected_fraction))
+            corridor = bool(rng.random() < config.corridor_probability)
+            cavity = legacy_cavity(labels_box, frame, fraction, corridor, rng)
+            drawn = {"resected_fraction": fraction, "corridor": corridor}
         labels_box[cavity] = L.CAVITY
+    shape = disp.shape[:3]
     labels = np.zeros(shape, dtype=np.uint8)
     t1 = np.zeros(shape, dtype=np.float32)
-    labels[bbox] = labels_box
-    t1[bbox] = t1_box
-    return labels, t1, fraction, corridor
-
-
-def _corridor(box_shape, origin, vox2world, plan: ProbePlan, rng) -> NDArray[np.bool_]:
-    """Voxels within a drawn radius of the segment from the surface to the tumour centre."""
-    radius = rng.uniform(3.0, 6.0)
-    pts = apply_affine(vox2world, np.argwhere(np.ones(box_shape, dtype=bool)) + origin)
-    seg = plan.tumour_world - plan.surface_world
-    t = np.clip(((pts - plan.surface_world) @ seg) / (seg @ seg), 0.0, 1.0)
-    dist = np.linalg.norm(pts - (plan.surface_world + t[:, None] * seg), axis=1)
-    return (dist <= radius).reshape(box_shape)
+    labels[geo.bbox] = labels_box
+    t1[geo.bbox] = t1_box
+    return labels, t1, drawn
 
 
 def place_landmarks(
@@ -393,79 +316,73 @@ def place_landmarks(
 # --------------------------------------------------------------------------------------------
 
 
-def make_case(
-    case: str,
-    index: int,
-    out: Path,
-    source: str,
-    seed: int,
-    config: SynthConfig,
-    shared: Path,
-    orientations: list[NDArray],
-) -> CaseRecord:
-    """Generate and write one case; returns its record."""
-    rng = np.random.default_rng([seed, index])
-    brain = pick_brain(source, index, rng, config, shared)
-    plan = plan_probe(brain, rng)
-    spacing, grid = config.spacing_mm, config.grid
-    orientation = orientations[index % len(orientations)] if orientations else random_orientation(rng)
+def _listed(d: dict) -> dict:
+    """Tuples as lists (json)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
-    # The sector (voxel frame) is drawn first so that the cube can be centred on it.
-    beam_vox = np.linalg.inv(orientation) @ plan.beam_world
-    draft = random_sector((0.0, 0.0, 0.0), tuple(beam_vox), rng)
-    imaged_mid = plan.surface_world + plan.beam_world * 0.5 * (draft.depth_mm - draft.near_mm)
-    vox2world = case_geometry(orientation, spacing, grid, imaged_mid)
-    apex_world = plan.surface_world - plan.beam_world * draft.near_mm
-    apex_vox = apply_affine(np.linalg.inv(vox2world), apex_world[None])[0]
-    sector = Sector(
-        apex_vox=tuple(apex_vox),
-        axis=tuple(beam_vox / np.linalg.norm(beam_vox)),
-        depth_mm=draft.depth_mm,
-        opening_deg=draft.opening_deg,
-        near_mm=draft.near_mm,
-        roll_deg=draft.roll_deg,
-    )
-    shape = (grid, grid, grid)
-    mask = sector_mask(shape, spacing, sector)
-    bbox = sector_bbox(shape, spacing, sector)
-    inner = np.zeros_like(mask)
-    inner[bbox] = ndimage.binary_erosion(mask[bbox], iterations=max(1, round(3.0 / spacing)))
 
-    moving = resample_moving(brain, vox2world, grid)
-    target = float(rng.uniform(*config.initial_tre_mm))
-    params = draw_brain_shift(plan, resected=True, rng=rng)
-    disp, params, scale = brain_shift(params, vox2world, grid, inner, target, config, rng)
-    fixed_labels, fixed_t1, fraction, corridor = intraoperative_anatomy(
-        moving, disp, bbox, plan, vox2world, rng, config
-    )
-    us = render_ultrasound(fixed_labels, fixed_t1, spacing, sector, rng)
-
-    fix_lms = place_landmarks(fixed_labels, fixed_t1, mask, bbox, spacing, config, rng)
-    if len(fix_lms) < config.n_landmarks:
-        log.warning("Case %s: only %d landmarks found in the sector", case, len(fix_lms))
-    mov_lms = fix_lms + sample_displacement(disp, fix_lms)  # the official cubic sampling
-    fix_mm, mov_mm = apply_affine(vox2world, fix_lms), apply_affine(vox2world, mov_lms)
+def _record(spec, brain_name, config, geo, has_t2, params, scale, fix_lms, mov_lms, extras) -> CaseRecord:
+    """The case record (initial TRE and rigid residual from the landmarks, in mm)."""
+    spacing = config.spacing_mm
     tre0 = np.linalg.norm((mov_lms - fix_lms) * spacing, axis=1)
-    has_t2 = bool(rng.random() < config.t2_probability)
-
-    _write_case(out, case, vox2world, us, moving, has_t2, fix_lms, mov_lms, disp, fixed_labels)
-    record = CaseRecord(
-        case=case,
-        source=brain.name,
+    fix_mm, mov_mm = apply_affine(geo.vox2world, fix_lms), apply_affine(geo.vox2world, mov_lms)
+    return CaseRecord(
+        case=spec.case,
+        source=brain_name,
         spacing_mm=spacing,
-        vox2world=vox2world.tolist(),
+        vox2world=geo.vox2world.tolist(),
         has_t2=has_t2,
-        sector={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(sector).items()},
-        brain_shift={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
+        sector=_listed(asdict(geo.sector)),
+        brain_shift=_listed(asdict(params)),
         scale=scale,
         n_landmarks=len(fix_lms),
         initial_tre_mean_mm=float(tre0.mean()),
         initial_tre_max_mm=float(tre0.max()),
         initial_tre_min_mm=float(tre0.min()),
         rigid_residual_mm=rigid_fit_residual(fix_mm, mov_mm),
-        extras={"target_initial_tre_mm": target, "resected_fraction": fraction, "corridor": corridor},
+        family=spec.family,
+        split=spec.split,
+        extras=extras,
     )
-    write_text_atomic(out / "groundtruth" / f"case_{case}.json", json.dumps(asdict(record), indent=2))
+
+
+def make_case(
+    spec: CaseSpec,
+    out: Path,
+    seed: int,
+    config: SynthConfig,
+    shared: Path | None,
+    orientations: list[NDArray],
+) -> CaseRecord:
+    """Generate and write one case; returns its record (also written as json)."""
+    family = family_settings(spec.family)
+    rng = case_rng(seed, spec.index, family)
+    brain_config = (
+        config
+        if family.tumour_radius_mm is None
+        else replace(config, tumour_radius_mm=family.tumour_radius_mm)
+    )
+    brain = pick_brain(spec.source, spec.index, rng, brain_config, shared, spec.subject)
+    plan = plan_probe(brain, rng)
+    orientation = orientations[spec.index % len(orientations)] if orientations else random_orientation(rng)
+    geo = place_sector(plan, orientation, config, family, rng)
+    moving = resample_moving(brain, geo.vox2world, config.grid)
+    disp, params, scale, extras = deform(spec, family, plan, geo, config, rng)
+    fixed_labels, fixed_t1, drawn = intraoperative_anatomy(moving, disp, geo, plan, family, config, rng)
+    has_cavity = bool((fixed_labels == L.CAVITY).any())
+    us_params, us_drawn = case_ultrasound_params(family, has_cavity, rng)
+    us = render_ultrasound(fixed_labels, fixed_t1, config.spacing_mm, geo.sector, rng, us_params)
+
+    fix_lms = place_landmarks(fixed_labels, fixed_t1, geo.mask, geo.bbox, config.spacing_mm, config, rng)
+    if len(fix_lms) < config.n_landmarks:
+        log.warning("Case %s: only %d landmarks found in the sector", spec.case, len(fix_lms))
+    mov_lms = fix_lms + sample_displacement(disp, fix_lms)  # the official cubic sampling
+    has_t2 = spec.has_t2 if spec.has_t2 is not None else bool(rng.random() < config.t2_probability)
+
+    _write_case(out, spec.case, geo.vox2world, us, moving, has_t2, fix_lms, mov_lms, disp, fixed_labels)
+    extras = {**extras, **drawn, **us_drawn}
+    record = _record(spec, brain.name, config, geo, has_t2, params, scale, fix_lms, mov_lms, extras)
+    write_text_atomic(out / "groundtruth" / f"case_{spec.case}.json", json.dumps(asdict(record), indent=2))
     return record
 
 
@@ -501,7 +418,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def write_dataset_json(out: Path, cases: list[CaseRecord], config: SynthConfig) -> None:
-    """``ReMIND2Reg_dataset.json`` in the Learn2Reg schema; all pairs are in registration_val."""
+    """``ReMIND2Reg_dataset.json`` in the Learn2Reg schema; all pairs are in registration_val.
+
+    The description names the families of the cases (their records say which is which)."""
     images, pairs = [], []
     for rec in cases:
         mods = ["0000", "0001"] + (["0002"] if rec.has_t2 else [])
@@ -515,7 +434,8 @@ def write_dataset_json(out: Path, cases: list[CaseRecord], config: SynthConfig) 
         ]
     meta = {
         "name": TASK,
-        "description": "Synthetic ReMIND2Reg-format data made by `remind2reg synth` (simulated post-resection iUS)",
+        "description": "Synthetic ReMIND2Reg-format data made by `remind2reg synth`, simulator families: "
+        + ", ".join(sorted({rec.family for rec in cases})),
         "modality": {"0": "US", "1": "ceT1", "2": "T2"},
         "tensorImageSize": {"0": "3D", "1": "3D", "2": "3D"},
         "tensorImageShape": {"0": [config.grid] * 3},
@@ -529,23 +449,22 @@ def write_dataset_json(out: Path, cases: list[CaseRecord], config: SynthConfig) 
     write_text_atomic(out / f"{TASK}_dataset.json", json.dumps(meta, indent=2))
 
 
-def generate_dataset(
-    out: str | Path,
-    n_cases: int,
-    source: str = "mni",
-    seed: int = 0,
-    config: SynthConfig | None = None,
-    shared_data: str | Path | None = None,
-    first_case: int = 1,
-) -> list[CaseRecord]:
-    """Generate ``n_cases`` synthetic cases into ``out`` and print their summary."""
-    config = config or SynthConfig()
-    out = Path(out)
-    shared = Path(shared_data) if shared_data is not None else DEFAULT_SHARED
-    if source == "shared" and not (shared / "mri").is_dir():
+def resolve_shared(shared_data: str | Path | None, source: str) -> Path | None:
+    """The shared data folder (``shared_data`` or :func:`default_shared_data`); an InputError
+    when ``source`` is "shared" and its ``mri`` folder is missing."""
+    shared = Path(shared_data) if shared_data is not None else default_shared_data()
+    if source == "shared" and (shared is None or not (shared / "mri").is_dir()):
         raise InputError(
-            "--source shared needs the shared MRI folder (set --shared-data)", path=shared / "mri"
+            "--source shared needs the shared MRI folder (set --shared-data or $REMIND2REG_SHARED_DATA)",
+            path=(shared / "mri") if shared is not None else None,
         )
+    return shared
+
+
+def generate_cases(
+    out: Path, specs: list[CaseSpec], seed: int, config: SynthConfig, shared: Path | None
+) -> list[CaseRecord]:
+    """Make every case of ``specs`` into ``out`` and write the dataset json; the records."""
     orientations = load_template_orientations(shared)
     log.info(
         "Orientations: %s",
@@ -554,13 +473,49 @@ def generate_dataset(
         else "random oblique (no shared geometry found)",
     )
     records = []
-    for index in tqdm(range(n_cases), desc="synth", unit="case"):
-        case = f"{first_case + index:04d}"
-        records.append(make_case(case, index, out, source, seed, config, shared, orientations))
+    for spec in tqdm(specs, desc="synth", unit="case"):
+        records.append(make_case(spec, out, seed, config, shared, orientations))
+        r = records[-1]
         log.info(
-            "Case %s (%s): %d landmarks, initial TRE %.2f mm (%.2f-%.2f), after best rigid fit %.2f mm",
-            case, records[-1].source, records[-1].n_landmarks, records[-1].initial_tre_mean_mm,
-            records[-1].initial_tre_min_mm, records[-1].initial_tre_max_mm, records[-1].rigid_residual_mm,
+            "Case %s (%s, %s): %d landmarks, initial TRE %.2f mm (%.2f-%.2f), after best rigid fit %.2f mm",
+            r.case, r.family, r.source, r.n_landmarks, r.initial_tre_mean_mm,
+            r.initial_tre_min_mm, r.initial_tre_max_mm, r.rigid_residual_mm,
         )  # fmt: skip
     write_dataset_json(out, records, config)
     return records
+
+
+def generate_dataset(
+    out: str | Path,
+    n_cases: int,
+    source: str = "mni",
+    seed: int = 0,
+    config: SynthConfig | None = None,
+    shared_data: str | Path | None = None,
+    first_case: int = 1,
+    family: str = DEFAULT_FAMILY,
+) -> list[CaseRecord]:
+    """Generate ``n_cases`` synthetic cases of one ``family`` (:data:`synthesis.families.FAMILIES`)
+    into ``out``; returns their records. ``shared_data`` default: :func:`default_shared_data`."""
+    config = config or SynthConfig()
+    family_settings(family)  # fail early on an unknown family
+    shared = resolve_shared(shared_data, source)
+    specs = [CaseSpec(f"{first_case + i:04d}", i, source, family) for i in range(n_cases)]
+    return generate_cases(Path(out), specs, seed, config, shared)
+
+
+__all__ = [
+    "SPLITS",
+    "TASK",
+    "CaseRecord",
+    "CaseSpec",
+    "SynthConfig",
+    "case_geometry",
+    "generate_cases",
+    "generate_dataset",
+    "make_case",
+    "pick_brain",
+    "plan_probe",
+    "random_orientation",
+    "write_dataset_json",
+]

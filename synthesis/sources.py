@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
+
 from remind2reg.inference.errors import Remind2RegError
 from remind2reg.inference.geometry import apply_affine
 from remind2reg.synthesis import labels as L
-from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +66,23 @@ class SourceBrain:
     t2: NDArray[np.float32]
     labels: NDArray[np.uint8]
     vox2world: NDArray[np.float64]
-    midline_x_mm: float  # world x of the interhemispheric plane
 
-    @property
-    def brain_mask(self) -> NDArray[np.bool_]:
-        return self.labels != L.BACKGROUND
 
-    def tumour_centre_world(self) -> NDArray[np.float64] | None:
-        idx = np.argwhere(self.labels == L.TUMOUR)
-        if len(idx) == 0:
-            return None
-        return apply_affine(self.vox2world, idx.mean(axis=0)[None])[0]
+SHARED_DATA_ENV = "REMIND2REG_SHARED_DATA"
+
+
+def default_shared_data() -> Path | None:
+    """The shared data folder: ``$REMIND2REG_SHARED_DATA`` if set; else ``shared/data`` beside
+    the source checkout when the package runs from one (recognised by the ``pyproject.toml``
+    in the folder that holds ``synthesis/``); else None (an installed package has no
+    checkout beside it: pass the folder explicitly where shared data is required)."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout.parent / "shared" / "data"
+    return None
 
 
 def _nilearn_data_dir() -> Path:
@@ -143,7 +151,6 @@ def load_mni() -> SourceBrain:
         t2=_scale(t2, labels == L.WHITE_MATTER, reference=300.0),
         labels=labels,
         vox2world=vox2world,
-        midline_x_mm=0.0,
     )
 
 
@@ -175,7 +182,6 @@ def load_shared(data_dir: str | Path, subject: str) -> SourceBrain:
         t2=_scale(t2, wm, reference=300.0),
         labels=labels,
         vox2world=vox2world,
-        midline_x_mm=float(centre[0]),
     )
 
 

@@ -1,4 +1,4 @@
-"""Render a post-resection intra-operative 3D ultrasound (iUS) volume from a tissue label map.
+"""Render an intra-operative 3D ultrasound (iUS) volume from a tissue label map.
 
 Inputs come from the anatomy/deformation model, all on the FIXED (intra-operative) grid:
 a ``uint8`` label map with the codes of :mod:`synthesis.labels`, the (warped) pre-operative
@@ -20,14 +20,26 @@ Conventions
   the cortical surface (it may lie outside the volume).
 
 Image formation (all vectorised, in a beam-aligned (r, theta, phi) grid covering the sector):
-per-label scattering strength (weak grey/white contrast, hyperechoic tumour and falx, thin
-sulcal CSF bright, thick CSF/ventricles/cavity anechoic, bright cavity rim), a weak T1
-high-pass texture, low-frequency tissue heterogeneity, specular interface reflection
+per-label scattering strength (:class:`~synthesis.ultrasound_params.UltrasoundParams`), a weak
+T1 high-pass texture, low-frequency tissue heterogeneity, specular interface reflection
 ``|grad Z . beam|^2 / |grad Z|`` (angle-dependent), complex Gaussian scatterers convolved with
-an anisotropic Gaussian PSF and envelope-detected (speckle), per-label attenuation integrated
-along rays with a TGC tuned to brain (so fluid gives posterior enhancement), shadowing
-behind strong reflectors, near-field brightening, power-law compression and output scaling
-to the RESECT intensity range. The result is resampled back to the voxel grid.
+an anisotropic Gaussian PSF and envelope-detected (speckle, optionally compounded), per-label
+attenuation integrated along rays with a TGC tuned to brain (so fluid gives posterior
+enhancement), shadowing behind strong reflectors, near-field brightening, power-law
+compression and output scaling to the RESECT intensity range. The result is resampled back
+to the voxel grid.
+
+Realism features, off in the legacy defaults and switched on by the families
+(:mod:`synthesis.families`):
+
+* thin reflecting sheets at the centre surfaces of the T1 valleys (sulci, falx), found by a
+  Hessian filter with non-maximum suppression (:func:`sheet_lines`): one voxel wide whatever
+  the CSF width in the MR, then widened by the PSF only;
+* short thin segments in the parenchyma (vessel walls, :func:`vessel_segments`);
+* an echo map that follows the T1 (``t1_echo_mix``, the tissue-echo family);
+* a patchy cavity rim and textured (echogenic) cavity content;
+* a soft display saturation (``saturation_ratio``) and the partial-volume outermost voxel
+  layer of the sector (:func:`edge_coverage`), both measured on RESECT.
 """
 
 from __future__ import annotations
@@ -35,8 +47,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from remind2reg.synthesis import labels as L
 from scipy import ndimage
+
+from remind2reg.synthesis import labels as L
+from remind2reg.synthesis.families import SectorSettings
+from remind2reg.synthesis.hessian import ridge_centres
+from remind2reg.synthesis.ultrasound_params import N_LABELS, UltrasoundParams
 
 # --------------------------------------------------------------------------------------------
 # Geometry
@@ -85,17 +101,9 @@ class Sector:
         return random_sector(apex_vox, axis, rng)
 
 
-# Ranges measured on the 16 RESECT volumes (synthesis.calibration): imaged depth 39-48 mm
-# along the beam, lateral widths about 45 mm at the top growing to 55-70 mm, i.e. a
-# truncated fan of roughly 45-65 x 30-45 degrees whose virtual apex lies 20-35 mm above the
-# first imaged voxel.
-SECTOR_RANGES: dict[str, tuple[float, float]] = {
-    "near_mm": (20.0, 35.0),
-    "imaged_depth_mm": (38.0, 48.0),
-    "lateral_deg": (45.0, 65.0),
-    "elevational_deg": (30.0, 45.0),
-    "roll_deg": (0.0, 180.0),
-}
+# The RESECT ranges of synthesis.families.SectorSettings (imaged depth 38-48 mm, a fan of
+# 45-65 x 30-45 degrees with its virtual apex 20-35 mm above the first imaged voxel).
+SECTOR_RANGES: dict[str, tuple[float, float]] = SectorSettings().ranges()
 
 
 def random_sector(
@@ -184,77 +192,8 @@ def beam_depth_mm(shape: tuple[int, int, int], spacing_mm: float, sector: Sector
 
 
 # --------------------------------------------------------------------------------------------
-# Parameters
+# Parameters (synthesis.ultrasound_params; re-exported here)
 # --------------------------------------------------------------------------------------------
-
-N_LABELS = 8
-
-
-def _lut(values: dict[int, float]) -> tuple[float, ...]:
-    """Per-label tuple indexed by label code (codes of synthesis.labels)."""
-    return tuple(float(values[c]) for c in range(N_LABELS))
-
-
-@dataclass(frozen=True)
-class UltrasoundParams:
-    """Every rendering constant; defaults calibrated on RESECT (see benchmarks/simulator_realism).
-
-    Per-label tuples are indexed by the label code (BACKGROUND .. FALX).
-    Echogenicity is the mean envelope amplitude relative to white matter; each case draws a
-    multiplicative log-normal factor per label with sd ``echo_spread``.
-    """
-
-    echo: tuple[float, ...] = _lut(
-        {L.BACKGROUND: 0.25, L.CSF: 0.10, L.GREY_MATTER: 0.90, L.WHITE_MATTER: 1.0,
-         L.VENTRICLE: 0.06, L.TUMOUR: 1.9, L.CAVITY: 0.05, L.FALX: 3.0}
-    )  # fmt: skip
-    echo_spread: tuple[float, ...] = _lut(
-        {L.BACKGROUND: 0.4, L.CSF: 0.3, L.GREY_MATTER: 0.08, L.WHITE_MATTER: 0.08,
-         L.VENTRICLE: 0.3, L.TUMOUR: 0.25, L.CAVITY: 0.4, L.FALX: 0.2}
-    )  # fmt: skip
-    # thin (sulcal) CSF is a bright line (pia, vessels): amplitude where CSF is thin
-    sulcus_echo: float = 3.0
-    sulcus_thickness_mm: float = 1.5  # Gaussian scale deciding "thin" vs "thick" CSF
-    # acoustic impedance proxy (only differences matter) -> specular interfaces
-    impedance: tuple[float, ...] = _lut(
-        {L.BACKGROUND: 1.0, L.CSF: 1.0, L.GREY_MATTER: 1.25, L.WHITE_MATTER: 1.3,
-         L.VENTRICLE: 1.0, L.TUMOUR: 1.45, L.CAVITY: 1.0, L.FALX: 2.2}
-    )  # fmt: skip
-    interface_sigma_mm: float = 0.5
-    interface_gain: float = 9.0  # amplitude per unit of |grad Z . beam|^2/|grad Z| (1/mm)
-    shadow_strength: float = 1.0  # transmission exp(-s * integral of excess reflectivity)
-    shadow_threshold: float = 0.2  # 1/mm; weaker (tissue/fluid) interfaces cast no shadow
-    # attenuation (dB/cm/MHz, one way) per label and the centre frequency
-    attenuation: tuple[float, ...] = _lut(
-        {L.BACKGROUND: 0.2, L.CSF: 0.01, L.GREY_MATTER: 0.55, L.WHITE_MATTER: 0.6,
-         L.VENTRICLE: 0.01, L.TUMOUR: 0.7, L.CAVITY: 0.01, L.FALX: 1.5}
-    )  # fmt: skip
-    frequency_mhz: float = 5.0
-    tgc_compensation: tuple[float, float] = (0.4, 0.9)  # fraction of brain attenuation undone
-    tgc_reference_db: float = 0.6  # dB/cm/MHz the TGC assumes
-    near_field_gain: float = 0.8  # extra amplitude at the top of the sector (reverberation)
-    near_field_mm: float = 2.0
-    # cavity: bright irregular rim (blood, haemostatic material) and debris inside
-    rim_mm: float = 1.0
-    rim_echo: float = 1.8
-    # weak T1 texture: amplitude *= exp(t1_weight * highpass(T1)/std)
-    t1_weight: float = 0.08
-    t1_highpass_mm: float = 2.0
-    # slow tissue heterogeneity: amplitude *= exp(hetero_amp * smooth noise)
-    hetero_amp: float = 0.15
-    hetero_mm: float = 3.0
-    # speckle: Gaussian PSF sd (mm) along the beam and across it
-    psf_axial_mm: float = 0.3
-    psf_lateral_mm: float = 0.5
-    psf_elevational_mm: float = 0.6
-    psf_scale: tuple[float, float] = (0.7, 1.25)  # per-case factor on the three PSF sds
-    compounding: int = 1  # independent speckle looks averaged (freehand sweeps overlap)
-    beam_step_mm: float = 0.3
-    # output mapping: out = median * (img / median(img))^gamma, clipped
-    gamma: tuple[float, float] = (0.4, 0.7)
-    out_median: tuple[float, float] = (18.0, 36.0)
-    out_max: float = 200.0
-
 
 # --------------------------------------------------------------------------------------------
 # Tissue maps on the voxel grid (crop)
@@ -292,23 +231,159 @@ def t1_texture(t1: np.ndarray, spacing_mm: float, highpass_mm: float) -> np.ndar
     return hp / sd if sd > 0 else np.zeros_like(hp)
 
 
+def white_matter_t1(t1: np.ndarray, labels: np.ndarray) -> float:
+    """Typical white-matter T1 (median over WM labels; else the 85th percentile in the brain)."""
+    wm = labels == L.WHITE_MATTER
+    if wm.sum() > 100:
+        return max(float(np.median(t1[wm])), 1e-6)
+    brain = labels != L.BACKGROUND
+    return max(float(np.percentile(t1[brain], 85)) if brain.any() else 1.0, 1e-6)
+
+
+def _monotone_t1_echo(amp: np.ndarray, labels: np.ndarray, t1: np.ndarray, params: UltrasoundParams):
+    """Blend the label echo with ``(T1 / T1_wm)^power`` inside the brain (``t1_echo_mix``)."""
+    brain = np.isin(labels, (L.CSF, L.GREY_MATTER, L.WHITE_MATTER, L.VENTRICLE, L.TUMOUR, L.FALX))
+    mono = np.power(np.clip(t1 / np.float32(white_matter_t1(t1, labels)), 0.0, 2.0), params.t1_echo_power)
+    mix = np.float32(params.t1_echo_mix)
+    return np.where(brain, (1 - mix) * amp + mix * mono.astype(np.float32), amp)
+
+
+def _patchy(mask: np.ndarray, coverage: float, scale_vox: float, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` where a smooth random field lies in its top ``coverage`` share (patches)."""
+    if coverage >= 1.0 or not mask.any():
+        return mask
+    field = smooth_noise(mask.shape, (scale_vox,) * 3, rng)
+    return mask & (field >= np.quantile(field[mask], 1.0 - coverage))
+
+
 def echo_map(
     labels: np.ndarray,
     t1: np.ndarray,
     spacing_mm: float,
     params: UltrasoundParams,
     table: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """Mean scattering amplitude per voxel (float32) before speckle and beam effects."""
+    """Mean scattering amplitude per voxel (float32) before speckle and beam effects.
+
+    ``rng`` is drawn from only by the features that need it (patchy rim, cavity texture).
+    """
     amp = table[labels]
+    if params.t1_echo_mix > 0:
+        amp = _monotone_t1_echo(amp, labels, t1.astype(np.float32), params)
     thin = thin_csf_weight(labels, spacing_mm, params.sulcus_thickness_mm)
     amp = amp * (1 - thin) + params.sulcus_echo * thin
     rim = cavity_rim(labels, spacing_mm, params.rim_mm)
+    rim = _patchy(rim, params.rim_coverage, 2.0 / spacing_mm, rng)
     amp = np.where(rim, np.maximum(amp, params.rim_echo), amp)
     tissue = np.isin(labels, (L.GREY_MATTER, L.WHITE_MATTER, L.TUMOUR))
     tex = t1_texture(t1, spacing_mm, params.t1_highpass_mm)
     amp = np.where(tissue, amp * np.exp(params.t1_weight * tex), amp)
+    if params.cavity_texture > 0 and (labels == L.CAVITY).any():
+        noise = smooth_noise(labels.shape, (params.cavity_texture_mm / spacing_mm,) * 3, rng)
+        amp = np.where(labels == L.CAVITY, amp * np.exp(params.cavity_texture * noise), amp)
     return amp.astype(np.float32)
+
+
+def _ray_unit(index: tuple[np.ndarray, ...], bbox: tuple[slice, ...], sector: Sector) -> np.ndarray:
+    """Unit ray directions ``(N, 3)`` (voxel frame) from the apex to crop voxels ``index``."""
+    v = np.stack([i + s.start - c for i, s, c in zip(index, bbox, sector.apex_vox, strict=True)], 1)
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+
+def _sheet_profile(
+    centres: tuple[np.ndarray, ...], values: np.ndarray, shape, sigma_vox: float
+) -> np.ndarray:
+    """Values at sheet centre voxels spread by a Gaussian, normalised so that a flat sheet
+    keeps its value at the centre (float32, clipped to [0, 1])."""
+    sheet = np.zeros(shape, dtype=np.float32)
+    sheet[centres] = values
+    n = int(4 * sigma_vox) + 2
+    delta = np.zeros(2 * n + 1)
+    delta[n] = 1.0
+    peak = float(ndimage.gaussian_filter1d(delta, sigma_vox)[n])
+    return np.clip(ndimage.gaussian_filter(sheet, sigma_vox) / np.float32(peak), 0.0, 1.0)
+
+
+def sheet_lines(
+    labels: np.ndarray,
+    t1: np.ndarray,
+    spacing_mm: float,
+    sector: Sector,
+    bbox: tuple[slice, ...],
+    params: UltrasoundParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(diffuse, specular) weights in [0, 1] (float32, crop shape) of thin reflecting sheets.
+
+    The sheets are the centre surfaces of the T1 valleys (multi-scale Hessian, non-maximum
+    suppression across the valley; :func:`synthesis.hessian.ridge_centres`) inside thin CSF,
+    grey matter and falx: the pia-arachnoid and vessels of sulci and the falx, which the iUS
+    shows as thin bright lines whatever the CSF width in the MR. The weight ramps from 0 at
+    ``line_threshold`` to 1 at twice that valley depth; the specular weight also carries
+    ``cos^2`` of the angle between the beam and the sheet normal. Profile sd ``line_sigma_mm``.
+    """
+    t1n = t1.astype(np.float32) / np.float32(white_matter_t1(t1, labels))
+    thin = thin_csf_weight(labels, spacing_mm, params.sulcus_thickness_mm) > 0.2
+    candidates = thin | np.isin(labels, (L.GREY_MATTER, L.FALX))
+    sigmas = tuple(s / spacing_mm for s in params.line_scales_mm)
+    centres, strength, normal, _ = ridge_centres(t1n, sigmas, candidates, bright=False)
+    thr = params.line_threshold
+    keep = strength >= thr
+    centres, normal = tuple(c[keep] for c in centres), normal[keep]
+    weight = np.clip(strength[keep] / max(thr, 1e-6) - 1.0, 0.0, 1.0).astype(np.float32)
+    cos2 = np.sum(normal * _ray_unit(centres, bbox, sector), axis=1) ** 2
+    sigma = params.line_sigma_mm / spacing_mm
+    return (
+        _sheet_profile(centres, weight, labels.shape, sigma),
+        _sheet_profile(centres, weight * cos2.astype(np.float32), labels.shape, sigma),
+    )
+
+
+def vessel_segments(
+    labels: np.ndarray,
+    spacing_mm: float,
+    sector: Sector,
+    bbox: tuple[slice, ...],
+    params: UltrasoundParams,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(diffuse, specular) weights in [0, 1] of short, gently curved thin segments in the
+    parenchyma (grey/white matter, tumour): the walls of penetrating vessels, bright in iUS
+    and invisible in the MR. A Poisson number of segments (``vessel_density_per_ml`` per ml of
+    parenchyma), uniform centres, random directions, length drawn from ``vessel_length_mm``,
+    a random bend of up to a quarter of the length; the specular weight is ``1 - (t.d)^2``
+    for the segment direction ``t`` and the ray ``d``. Profile sd ``line_sigma_mm``."""
+    tissue = np.isin(labels, (L.GREY_MATTER, L.WHITE_MATTER, L.TUMOUR))
+    volume_ml = float(tissue.sum()) * spacing_mm**3 / 1000.0
+    n = int(rng.poisson(params.vessel_density_per_ml * volume_ml))
+    empty = np.zeros(labels.shape, dtype=np.float32)
+    if n == 0:
+        return empty, empty.copy()
+    cand = np.argwhere(tissue)
+    centre = cand[rng.integers(len(cand), size=n)].astype(np.float32)
+    tangent = rng.standard_normal((n, 3)).astype(np.float32)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    bend = np.cross(tangent, rng.standard_normal((n, 3)).astype(np.float32))
+    length = rng.uniform(*params.vessel_length_mm, size=n).astype(np.float32) / spacing_mm
+    bend *= (rng.uniform(0.0, 0.25, size=n) * length / np.maximum(np.linalg.norm(bend, axis=1), 1e-6))[
+        :, None
+    ]
+    s = np.linspace(-0.5, 0.5, max(2, int(np.ceil(float(length.max()) * 2)) + 1), dtype=np.float32)
+    pts = centre[:, None] + s[None, :, None] * length[:, None, None] * tangent[:, None]
+    pts += (1.0 - 4.0 * s[None, :, None] ** 2) * bend[:, None]  # a parabola through the centre
+    idx = np.rint(pts.reshape(-1, 3)).astype(np.intp)
+    ok = np.all((idx >= 0) & (idx < np.asarray(labels.shape)), axis=1)
+    idx = tuple(idx[ok].T)
+    keep = tissue[idx]
+    idx = tuple(i[keep] for i in idx)
+    t = np.repeat(tangent, len(s), axis=0)[ok][keep]
+    across = 1.0 - np.sum(t * _ray_unit(idx, bbox, sector), axis=1) ** 2
+    sigma = params.line_sigma_mm / spacing_mm
+    ones = np.ones(len(idx[0]), dtype=np.float32)
+    return (
+        _sheet_profile(idx, ones, labels.shape, sigma),
+        _sheet_profile(idx, across.astype(np.float32), labels.shape, sigma),
+    )
 
 
 def reflectivity_map(
@@ -333,6 +408,29 @@ def reflectivity_map(
     return (dot**2 / (mag + np.float32(1e-6))).astype(np.float32)
 
 
+# Partial volume of the outermost voxel layer: coverage = clip(EDGE_SLOPE * d / spacing -
+# EDGE_OFFSET, EDGE_FLOOR, 1) for a voxel centre at distance d inside the sector. Calibrated on
+# the outermost voxel layer of the 16 RESECT volumes: median 0.64 x the sector median, 16 %
+# of it below 10 % of the median (deeper layers: 0.89-0.93, no near-zero voxels).
+EDGE_SLOPE, EDGE_OFFSET, EDGE_FLOOR = 1.25, 0.15, 0.02
+
+
+def edge_coverage(
+    r: np.ndarray, theta: np.ndarray, phi: np.ndarray, sector: Sector, spacing_mm: float
+) -> np.ndarray:
+    """Share in [EDGE_FLOOR, 1] of a voxel inside the sector, from the distance ``d`` (mm) of
+    its centre inside the nearest sector face (near and far caps, the two pairs of side
+    planes through the apex); see :data:`EDGE_SLOPE`. Only the outermost voxel layer gets less
+    than 1: resampling a scan-converted sector onto a voxel grid does that to its edge."""
+    half = np.radians(np.asarray(sector.opening_deg, dtype=np.float64)) / 2
+    tt, tp = np.tan(theta), np.tan(phi)
+    along = r / np.sqrt(1 + tt**2 + tp**2)  # component along the beam axis
+    d_theta = along * np.sqrt(1 + tt**2) * np.sin(half[0] - np.abs(theta))
+    d_phi = along * np.sqrt(1 + tp**2) * np.sin(half[1] - np.abs(phi))
+    d = np.minimum(np.minimum(r - sector.near_mm, sector.depth_mm - r), np.minimum(d_theta, d_phi))
+    return np.clip(EDGE_SLOPE * d / spacing_mm - EDGE_OFFSET, EDGE_FLOOR, 1.0).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Beam-space image formation
 # --------------------------------------------------------------------------------------------
@@ -351,11 +449,12 @@ class BeamGrid:
         return (len(self.r), len(self.theta), len(self.phi))
 
 
-def beam_grid(sector: Sector, spacing_mm: float, step_mm: float) -> BeamGrid:
-    """Beam grid: ``step_mm`` along rays; angular steps giving ~0.7 voxel arcs at max depth."""
+def beam_grid(sector: Sector, spacing_mm: float, step_mm: float, arc_voxels: float = 0.7) -> BeamGrid:
+    """Beam grid: ``step_mm`` along rays; angular steps giving ``arc_voxels`` voxel arcs at
+    the far cap."""
     half = np.radians(np.asarray(sector.opening_deg)) / 2
     nr = int(np.ceil((sector.depth_mm - sector.near_mm) / step_mm)) + 1
-    arc = 0.7 * spacing_mm / sector.depth_mm
+    arc = arc_voxels * spacing_mm / sector.depth_mm
     nt, npp = (int(np.ceil(2 * h / arc)) + 1 for h in half)
     return BeamGrid(
         r=np.linspace(sector.near_mm, sector.depth_mm, nr),
@@ -457,10 +556,17 @@ def shadow_transmission(
     return np.exp(-strength * acc).astype(np.float32)
 
 
-def compress(img: np.ndarray, gamma: float, median: float, out_max: float) -> np.ndarray:
-    """Power-law compression: ``median * (img / median(img))^gamma``, clipped to out_max."""
+def compress(
+    img: np.ndarray, gamma: float, median: float, out_max: float, saturation: float | None = None
+) -> np.ndarray:
+    """Power-law compression ``median * (img / median(img))^gamma``, then (``saturation``
+    given) the soft display saturation ``S tanh(x / S)`` with ``S = saturation * median``,
+    clipped to ``out_max``."""
     ref = float(np.median(img[img > 0])) if np.any(img > 0) else 1.0
     out = median * np.power(np.maximum(img, 0) / ref, gamma)
+    if saturation is not None:
+        top = np.float32(saturation * median)
+        out = top * np.tanh(out / top)
     return np.clip(out, 0, out_max).astype(np.float32)
 
 
@@ -483,20 +589,102 @@ def from_beam(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CaseDraws:
+    """The per-case random settings of one render (drawn from the ranges of the params)."""
+
+    table: np.ndarray  # per-label echogenicity
+    tgc: float
+    gamma: float
+    median: float
+    psf_scale: float
+    saturation: float | None
+
+    @classmethod
+    def draw(cls, params: UltrasoundParams, rng: np.random.Generator) -> CaseDraws:
+        return cls(
+            table=case_echo_table(params, rng),
+            tgc=float(rng.uniform(*params.tgc_compensation)),
+            gamma=float(rng.uniform(*params.gamma)),
+            median=float(rng.uniform(*params.out_median)),
+            psf_scale=float(rng.uniform(*params.psf_scale)),
+            saturation=float(rng.uniform(*params.saturation_ratio)) if params.saturation_ratio else None,
+        )
+
+
+def _voxel_maps(
+    lab: np.ndarray,
+    t1: np.ndarray,
+    spacing_mm: float,
+    sector: Sector,
+    bbox: tuple[slice, ...],
+    params: UltrasoundParams,
+    draws: CaseDraws,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Crop maps (amplitude, specular reflectivity, attenuation, coherent sheet echo or None)."""
+    amp = echo_map(lab, t1, spacing_mm, params, draws.table, rng)
+    sheet = None
+    reflectors = []
+    if params.line_echo > 0:
+        reflectors.append((params.line_echo, *sheet_lines(lab, t1, spacing_mm, sector, bbox, params)))
+    if params.vessel_density_per_ml > 0:
+        reflectors.append((params.vessel_echo, *vessel_segments(lab, spacing_mm, sector, bbox, params, rng)))
+    for echo, diffuse, specular in reflectors:
+        extra = np.float32(echo * (1 - params.line_specular)) * diffuse
+        amp = np.sqrt(amp**2 + extra**2)  # independent scatterers add in power
+        coherent = np.float32(echo * params.line_specular) * specular
+        sheet = coherent if sheet is None else sheet + coherent
+    refl = reflectivity_map(lab, spacing_mm, sector, bbox, params)
+    alpha = np.asarray(params.attenuation, dtype=np.float32)[lab]
+    return amp, refl, alpha, sheet
+
+
+def _beam_image(
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    grid: BeamGrid,
+    pts: np.ndarray,
+    params: UltrasoundParams,
+    draws: CaseDraws,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The compressed image on the beam grid: speckle + specular echoes, near field,
+    attenuation with TGC, shadowing, power-law compression."""
+    amp, refl, alpha = (to_beam(m, pts) for m in maps[:3])
+    sig = psf_sigmas(grid, params, draws.psf_scale)
+    het_sig = tuple(params.hetero_mm / st for st in grid_steps_mm(grid))
+    amp *= np.exp(params.hetero_amp * smooth_noise(grid.shape, het_sig, rng))
+    spec = ndimage.gaussian_filter(refl, sig) * np.float32(params.interface_gain)
+    if maps[3] is not None:
+        spec += ndimage.gaussian_filter(to_beam(maps[3], pts), sig)
+    env = np.zeros(grid.shape, dtype=np.float32)
+    for _ in range(max(1, params.compounding)):
+        env += np.abs(speckle_field(amp, sig, rng) + spec).astype(np.float32)
+    env /= np.float32(max(1, params.compounding))
+    del spec, amp
+    near = 1 + params.near_field_gain * np.exp(-(grid.r - grid.r[0]) / params.near_field_mm)
+    env *= near[:, None, None].astype(np.float32)
+    env *= depth_gain(alpha, grid, params, draws.tgc)
+    env *= shadow_transmission(refl, grid, params.shadow_strength, params.shadow_threshold)
+    return compress(env, draws.gamma, draws.median, params.out_max, draws.saturation)
+
+
 def render_ultrasound(
     labels: np.ndarray,
     t1: np.ndarray,
     spacing_mm: float,
     sector: Sector,
     rng: np.random.Generator,
-    params: UltrasoundParams = UltrasoundParams(),
+    params: UltrasoundParams | None = None,
 ) -> np.ndarray:
-    """Render a post-resection iUS volume (float32, shape of ``labels``, 0 outside the sector).
+    """Render an iUS volume (float32, shape of ``labels``, 0 outside the sector).
 
     ``labels`` are :mod:`synthesis.labels` codes and ``t1`` the pre-operative T1 on the same
-    grid (used only as a weak high-pass texture). Work is limited to the sector's bounding box.
-    Deterministic for a given ``rng`` state.
+    grid (a weak high-pass texture; with ``t1_echo_mix`` a monotone echo map; with
+    ``line_echo`` the source of the sulcal sheets). Work is limited to the sector's bounding
+    box. Deterministic for a given ``rng`` state. ``params`` default: the legacy renderer.
     """
+    params = params if params is not None else UltrasoundParams()
     if labels.shape != t1.shape:
         raise ValueError(f"labels {labels.shape} and t1 {t1.shape} differ")
     out = np.zeros(labels.shape, dtype=np.float32)
@@ -505,51 +693,35 @@ def render_ultrasound(
         return out
     offset = np.array([s.start for s in bbox], dtype=np.float64)
     lab = np.clip(labels[bbox], 0, N_LABELS - 1).astype(np.intp)
-    table = case_echo_table(params, rng)
-    tgc = float(rng.uniform(*params.tgc_compensation))
-    gamma = float(rng.uniform(*params.gamma))
-    median = float(rng.uniform(*params.out_median))
-    psf_scale = float(rng.uniform(*params.psf_scale))
-
-    amp_vox = echo_map(lab, t1[bbox], spacing_mm, params, table)
-    refl_vox = reflectivity_map(lab, spacing_mm, sector, bbox, params)
-    alpha_vox = np.asarray(params.attenuation, dtype=np.float32)[lab]
-
-    grid = beam_grid(sector, spacing_mm, params.beam_step_mm)
+    draws = CaseDraws.draw(params, rng)
+    maps = _voxel_maps(lab, t1[bbox], spacing_mm, sector, bbox, params, draws, rng)
+    grid = beam_grid(sector, spacing_mm, params.beam_step_mm, params.beam_arc_voxels)
     pts = _beam_points_vox(grid, sector, spacing_mm, offset)
-    amp = to_beam(amp_vox, pts)
-    refl = to_beam(refl_vox, pts)
-    alpha = to_beam(alpha_vox, pts)
-    del amp_vox, refl_vox, alpha_vox, pts
-
-    sig = psf_sigmas(grid, params, psf_scale)
-    het_sig = tuple(params.hetero_mm / st for st in grid_steps_mm(grid))
-    amp *= np.exp(params.hetero_amp * smooth_noise(grid.shape, het_sig, rng))
-    spec = ndimage.gaussian_filter(refl, sig) * np.float32(params.interface_gain)
-    env = np.zeros(grid.shape, dtype=np.float32)
-    for _ in range(max(1, params.compounding)):
-        env += np.abs(speckle_field(amp, sig, rng) + spec).astype(np.float32)
-    env /= np.float32(max(1, params.compounding))
-    del spec
-    near = 1 + params.near_field_gain * np.exp(-(grid.r - grid.r[0]) / params.near_field_mm)
-    env *= near[:, None, None].astype(np.float32)
-    env *= depth_gain(alpha, grid, params, tgc)
-    env *= shadow_transmission(refl, grid, params.shadow_strength, params.shadow_threshold)
-    img = compress(env, gamma, median, params.out_max)
+    img = _beam_image(maps, grid, pts, params, draws, rng)
+    del maps, pts
 
     r, theta, phi = _polar_coords(bbox, spacing_mm, sector)
     inside = _mask_from_polar(r, theta, phi, sector)
-    out[bbox] = np.where(inside, from_beam(img, grid, r, theta, phi), 0.0)
+    vox = from_beam(img, grid, r, theta, phi)
+    if params.edge_partial_volume:
+        vox *= edge_coverage(r, theta, phi, sector, spacing_mm)
+    out[bbox] = np.where(inside, vox, 0.0)
     return out
 
 
 __all__ = [
     "SECTOR_RANGES",
+    "CaseDraws",
     "Sector",
     "UltrasoundParams",
     "beam_depth_mm",
+    "compress",
+    "edge_coverage",
     "random_sector",
     "render_ultrasound",
     "sector_bbox",
     "sector_mask",
+    "sheet_lines",
+    "smooth_noise",
+    "vessel_segments",
 ]

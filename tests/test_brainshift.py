@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from remind2reg.evaluation.metrics import folding_percent, jacobian_determinant
 from remind2reg.inference.geometry import apply_affine
 from remind2reg.synthesis.brainshift import (
@@ -14,7 +15,6 @@ from remind2reg.synthesis.brainshift import (
     scaling_and_squaring,
     upsample,
 )
-
 from tests.conftest import oblique_vox2world
 
 

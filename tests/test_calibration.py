@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from remind2reg.inference.core.sector import sector_mask as sector_mask_from_volume
+from remind2reg.synthesis import labels as L
 from remind2reg.synthesis.calibration import (
     UsStatistics,
     autocorrelation_fwhm,
+    cavity_statistics,
     estimate_beam_axis,
+    local_snr,
     resect_statistics,
+    ridge_statistics,
+    statistic_rows,
     statistics_table,
     us_statistics,
 )
 from remind2reg.synthesis.ultrasound import Sector, sector_mask
-from scipy import ndimage
 
-SHARED_DATA = Path(
-    os.environ.get("REMIND2REG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
 SP = 0.5
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt(2.0)  # ACF of filtered noise
 
@@ -97,8 +97,8 @@ def test_statistics_table_lists_both_sides():
 
 
 @pytest.mark.shared_data
-def test_resect_statistics_real_volumes(tmp_path):
-    folder = SHARED_DATA / "resect_us"
+def test_resect_statistics_real_volumes(tmp_path, shared_data):
+    folder = shared_data / "resect_us"
     if not folder.is_dir():
         pytest.skip(f"{folder} missing")
     files = sorted(folder.glob("*.nii.gz"))[:2]  # two volumes keep the test fast
@@ -131,3 +131,77 @@ def test_statistics_table_has_simulated_range():
     lines = statistics_table([a], [b, b]).splitlines()
     assert "simulated min..max" in lines[0]
     assert all(line.count("|") == 7 for line in lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Structure statistics
+# --------------------------------------------------------------------------------------------
+
+
+def sheets_volume(sd_mm: float, n: int = 96, seed: int = 0) -> np.ndarray:
+    """Speckle-like background (median 1) with bright planar sheets of Gaussian profile
+    (sd ``sd_mm``) every 8 mm across i, tilted a little so that they are not grid-aligned."""
+    rng = np.random.default_rng(seed)
+    ii, jj, kk = np.meshgrid(*(np.arange(n, dtype=np.float64),) * 3, indexing="ij")
+    u = (ii + 0.2 * jj + 0.1 * kk) / np.sqrt(1.05) * SP  # mm along the sheets' normal
+    dist = np.abs((u % 8.0) - 4.0)  # distance to the nearest sheet centre (sheets at u = 4 + 8 m)
+    sheets = 3.0 * np.exp(-(dist**2) / (2 * sd_mm**2))
+    background = rng.rayleigh(1.0, (n,) * 3) ** 0.5
+    return (background / np.median(background) + sheets).astype(np.float32)
+
+
+@pytest.mark.parametrize("sd_mm", [0.3, 0.8])
+def test_ridge_width_recovers_the_sheet_profile(sd_mm):
+    vol = sheets_volume(sd_mm)
+    inner = np.zeros(vol.shape, dtype=bool)
+    inner[8:-8, 8:-8, 8:-8] = True
+    fwhm, q25, q75, density, contrast = ridge_statistics(vol, inner, SP)
+    expect = 2.0 * np.sqrt(2.0 * np.log(2.0)) * sd_mm
+    # the speckle background adds about a voxel (0.5 mm) to the thinnest profiles
+    assert expect - 0.2 < fwhm < expect + 0.6, (fwhm, expect)
+    assert q25 <= fwhm <= q75 and density > 0.005 and contrast > 2.0
+
+
+def test_ridge_width_tells_thin_from_thick_lines():
+    inner = np.zeros((96,) * 3, dtype=bool)
+    inner[8:-8, 8:-8, 8:-8] = True
+    thin = ridge_statistics(sheets_volume(0.3), inner, SP)[0]
+    thick = ridge_statistics(sheets_volume(1.0), inner, SP)[0]
+    assert thick > thin + 1.0
+
+
+def test_local_snr_of_rayleigh_speckle():
+    vol = np.random.default_rng(0).rayleigh(1.0, (48, 48, 48)).astype(np.float32)
+    assert local_snr(vol, np.ones(vol.shape, dtype=bool), SP) == pytest.approx(1.91, abs=0.15)
+
+
+def _grid(n: int = 48):
+    return np.meshgrid(*(np.arange(n, dtype=np.float64) - n / 2,) * 3, indexing="ij")
+
+
+def test_cavity_shape_statistics():
+    ii, jj, kk = _grid()
+    sector = np.ones(ii.shape, dtype=bool)
+    ball = np.where(ii**2 + jj**2 + kk**2 <= 14**2, L.CAVITY, L.WHITE_MATTER)
+    cube = np.where((np.abs(ii) <= 11) & (np.abs(jj) <= 11) & (np.abs(kk) <= 11), L.CAVITY, L.WHITE_MATTER)
+    slab = (np.abs(ii) <= 14) & (np.abs(jj) <= 3) & (np.abs(kk) <= 14)
+    u_shape = np.where(slab & ~((np.abs(ii) <= 8) & (kk > -8)), L.CAVITY, L.WHITE_MATTER)  # far from convex
+    s_ball, s_cube, s_u = (cavity_statistics(x, sector, SP) for x in (ball, cube, u_shape))
+    assert s_ball.sphericity == pytest.approx(1.0, abs=0.08) and s_ball.solidity > 0.9
+    assert s_cube.sphericity == pytest.approx(0.81, abs=0.08) and s_cube.solidity > 0.9
+    assert s_u.sphericity < 0.7 and s_u.solidity < 0.7
+    assert s_ball.sector_fraction == pytest.approx((ball == L.CAVITY).mean())
+    assert s_ball.volume_ml == pytest.approx(4 / 3 * np.pi * (14 * SP) ** 3 / 1000, rel=0.05)
+    assert cavity_statistics(np.full(ii.shape, L.WHITE_MATTER), sector, SP) is None
+
+
+def test_structure_rows_are_in_the_table():
+    s = us_statistics(sheets_volume(0.5, n=64), SP, name="sheets")
+    rows = statistic_rows(s)
+    for key in (
+        "ridge FWHM median (mm)",
+        "ridge density",
+        "local SNR (3 mm)",
+        "depth fall-off (bins 7-9 / bins 2-3)",
+    ):
+        assert key in rows and np.isfinite(rows[key]), key

@@ -7,6 +7,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from remind2reg.evaluation.evaluate import evaluate
 from remind2reg.evaluation.metrics import folding_percent, jacobian_determinant
 from remind2reg.inference.core.pointfit import rigid_fit_residual
@@ -18,7 +20,6 @@ from remind2reg.synthesis.generate import (
     random_orientation,
 )
 from remind2reg.synthesis.landmarks import pick_landmarks
-from scipy import ndimage
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,26 @@ def test_shared_subjects_have_their_lesion_at_the_seed(shared_data, subject):
     # Tissue classes are ordered in the ceT1: CSF < GM < WM.
     means = [brain.t1[brain.labels == c].mean() for c in (L.CSF, L.GREY_MATTER, L.WHITE_MATTER)]
     assert means[0] < means[1] < means[2]
+
+
+def test_unknown_family_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown family"):
+        generate_dataset(
+            tmp_path, n_cases=1, config=SynthConfig(grid=32), shared_data=tmp_path, family="boxy"
+        )
+
+
+def test_legacy_family_keeps_the_original_generator(tmp_path):
+    (record,) = generate_dataset(
+        tmp_path,
+        n_cases=1,
+        seed=3,
+        config=SynthConfig(grid=48),
+        shared_data=tmp_path / "none",
+        family="legacy",
+    )
+    assert record.family == "legacy"
+    assert set(record.extras) == {"target_initial_tre_mm", "resected_fraction", "corridor"}
+    assert 3.5 <= record.extras["target_initial_tre_mm"] <= 5.0
+    meta = json.loads((tmp_path / "ReMIND2Reg_dataset.json").read_text())
+    assert "legacy" in meta["description"]

@@ -6,19 +6,26 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage, stats
+
 from remind2reg.synthesis import labels as L
+from remind2reg.synthesis.appearance import CavityLook, apply_cavity_look
+from remind2reg.synthesis.calibration import posterior_enhancement_ratio
+from remind2reg.synthesis.families import family_settings
 from remind2reg.synthesis.ultrasound import (
     SECTOR_RANGES,
     Sector,
     UltrasoundParams,
     beam_depth_mm,
+    compress,
     random_sector,
     reflectivity_map,
     render_ultrasound,
     sector_bbox,
     sector_mask,
+    sheet_lines,
+    vessel_segments,
 )
-from scipy import ndimage, stats
 
 N = 64
 SP = 0.5
@@ -205,3 +212,130 @@ def test_empty_when_sector_misses_grid():
     far = Sector((500.0, 500.0, 500.0), (1.0, 0.0, 0.0), 40.0, (60.0, 40.0), 10.0)
     out = render_ultrasound(lab, t1, SP, far, np.random.default_rng(0))
     assert not out.any()
+
+
+# --------------------------------------------------------------------------------------------
+# Realism features of the families (off in the legacy defaults)
+# --------------------------------------------------------------------------------------------
+
+REAL = family_settings("pre-resection").ultrasound
+
+
+def test_legacy_defaults_leave_the_realism_features_off():
+    p = UltrasoundParams()
+    assert p.line_echo == 0 and p.vessel_density_per_ml == 0 and p.t1_echo_mix == 0
+    assert not p.edge_partial_volume and p.saturation_ratio is None and p.rim_coverage == 1.0
+    assert REAL.line_echo > 0 and REAL.edge_partial_volume and REAL.saturation_ratio is not None
+
+
+def _slab_phantom(width_vox: int) -> tuple[np.ndarray, np.ndarray]:
+    """White matter with a CSF slab ``width_vox`` thick across j (a sulcus), centre j = 32."""
+    lab = np.full((N,) * 3, L.WHITE_MATTER, dtype=np.uint8)
+    lo = 32 - width_vox // 2
+    lab[:, lo : lo + width_vox, :] = L.CSF
+    t1 = np.vectorize(T1_OF.get, otypes=[np.float32])(lab)
+    return lab, ndimage.gaussian_filter(t1, 1.0)  # the MR's own blur
+
+
+@pytest.mark.parametrize("width_vox", [3, 6])
+def test_sulcal_sheet_is_thin_and_at_the_sulcus_centre(width_vox):
+    lab, t1 = _slab_phantom(width_vox)
+    bbox = tuple(slice(0, N) for _ in range(3))
+    diffuse, specular = sheet_lines(lab.astype(np.intp), t1, SP, SECTOR, bbox, REAL)
+    profile = diffuse[30, :, 32]  # across the slab
+    assert profile.max() > 0.9
+    assert abs(int(np.argmax(profile)) - 32 + (width_vox % 2 == 0) * 0.5) <= 1.0
+    assert (profile > 0.5).sum() * SP <= 1.0  # about one voxel (0.5 mm) wide whatever the CSF width
+    assert np.all(specular <= diffuse + 1e-6)
+    # the slab's normal (j) is across the beam (i): little specular echo
+    assert specular[30, :, 32].max() < 0.3 * profile.max()
+
+
+def test_vessel_segments_lie_in_tissue_and_follow_the_density():
+    lab, _ = phantom()
+    lab = lab.astype(np.intp)
+    bbox = tuple(slice(0, N) for _ in range(3))
+    none = vessel_segments(
+        lab, SP, SECTOR, bbox, replace(REAL, vessel_density_per_ml=0.0), np.random.default_rng(0)
+    )
+    assert not none[0].any()
+    few = vessel_segments(
+        lab, SP, SECTOR, bbox, replace(REAL, vessel_density_per_ml=5.0), np.random.default_rng(0)
+    )
+    many = vessel_segments(
+        lab, SP, SECTOR, bbox, replace(REAL, vessel_density_per_ml=40.0), np.random.default_rng(0)
+    )
+    assert 0 < (few[0] > 0.5).sum() < (many[0] > 0.5).sum()
+    centres = many[0] > 0.99
+    assert np.isin(lab[centres], (L.GREY_MATTER, L.WHITE_MATTER, L.TUMOUR)).all()
+
+
+def test_edge_partial_volume_darkens_only_the_outer_voxel_layer():
+    lab, t1 = phantom()
+    sharp = render_ultrasound(
+        lab, t1, SP, SECTOR, np.random.default_rng(3), replace(REAL, edge_partial_volume=False)
+    )
+    soft = render_ultrasound(lab, t1, SP, SECTOR, np.random.default_rng(3), REAL)
+    mask = sector_mask(lab.shape, SP, SECTOR)
+    assert np.all(soft[~mask] == 0) and np.mean(soft[mask] > 0) > 0.99
+    depth = ndimage.distance_transform_edt(mask)
+    outer, inner = mask & (depth <= 1), mask & (depth >= 3)
+    np.testing.assert_array_equal(soft[inner], sharp[inner])
+    assert np.median(soft[outer] / np.maximum(sharp[outer], 1e-6)) < 0.8
+    near_zero = soft[mask] < 0.1 * np.median(soft[mask])
+    assert 0.003 < near_zero.mean() < 0.05  # RESECT: 0.9-2.6 % of the sector, in the outer layer
+
+
+def test_tissue_echo_shows_the_t1_grey_white_contrast_and_the_others_do_not():
+    lab, t1 = phantom()
+    ratios = {}
+    for family in ("tissue-echo", "pre-resection"):
+        params = replace(family_settings(family).ultrasound, near_field_gain=0.0, hetero_amp=0.0)
+        us = render_ultrasound(lab, t1, SP, SECTOR, np.random.default_rng(0), params)
+        inside = sector_mask(lab.shape, SP, SECTOR)
+        grey = np.median(us[inside & (lab == L.GREY_MATTER)])
+        white = np.median(us[inside & (lab == L.WHITE_MATTER)])
+        ratios[family] = grey / white
+    assert ratios["tissue-echo"] < 0.85  # T1: grey 0.6 / white 0.85
+    assert ratios["pre-resection"] > 0.9
+
+
+def test_display_saturation_bounds_the_bright_tail():
+    img = np.random.default_rng(0).rayleigh(1.0, (40, 40, 40)).astype(np.float32) ** 4
+    soft = compress(img, 0.5, 20.0, 200.0, saturation=6.0)
+    hard = compress(img, 0.5, 20.0, 200.0)
+    assert soft.max() < 6.0 * 20.0 < hard.max()
+    assert np.median(soft) == pytest.approx(np.median(hard), rel=0.02)
+
+
+@pytest.mark.parametrize("enhancement", [True, False])
+def test_posterior_enhancement_only_below_a_saline_cavity(enhancement):
+    lab, t1 = phantom()
+    cavity = family_settings("post-resection").cavity
+    look = CavityLook(
+        echogenic=False, rim=False, enhancement=enhancement, echo=0.05, texture=0.0,
+        attenuation_db=cavity.saline_attenuation if enhancement else 0.5,
+        rim_echo=0.0, rim_mm=1.0, rim_coverage=1.0,
+    )  # fmt: skip
+    params = replace(apply_cavity_look(REAL, look), hetero_amp=0.0, vessel_density_per_ml=0.0)
+    us = render_ultrasound(lab, t1, SP, SECTOR, np.random.default_rng(0), params)
+    ratio = posterior_enhancement_ratio(us, lab, SECTOR.apex_vox, SP)
+    if enhancement:
+        assert ratio > 1.2
+    else:
+        assert 0.75 < ratio < 1.15
+
+
+def test_echogenic_cavity_is_brighter_than_a_saline_one():
+    lab, t1 = phantom()
+    base = {"rim": False, "enhancement": True, "attenuation_db": 0.1, "rim_echo": 0.0, "rim_mm": 1.0}
+    saline = CavityLook(echogenic=False, echo=0.05, texture=0.0, rim_coverage=1.0, **base)
+    clot = CavityLook(echogenic=True, echo=0.6, texture=0.6, rim_coverage=1.0, **base)
+    inside = ndimage.binary_erosion(lab == L.CAVITY, iterations=2) & sector_mask(lab.shape, SP, SECTOR)
+    means = [
+        render_ultrasound(lab, t1, SP, SECTOR, np.random.default_rng(0), apply_cavity_look(REAL, look))[
+            inside
+        ].mean()
+        for look in (saline, clot)
+    ]
+    assert means[1] > 2.0 * means[0]
