@@ -150,6 +150,8 @@ class AladinSettings:
     block_percent: int = 50  # -pv: % of blocks (highest variance) used
     inlier_percent: int = 50  # -pi: % of matches kept by the least trimmed squares fit
     threads: int | None = None  # -omp; None: NiftyReg's default
+    use_masks: bool = True  # -rmask (the US sector) and -fmask (MR > 0); "plain" reg_aladin has none
+    header_init: bool = True  # -nac: start from the header alignment (False: from the image centres)
 
     def __post_init__(self) -> None:
         _positive("working_spacing_mm", self.working_spacing_mm)
@@ -199,6 +201,7 @@ class AffineStageSettings:
     transform: str = "rigid"  # rigid | affine (search: rigid only)
     blockmatch: BlockMatchSettings = field(default_factory=BlockMatchSettings)
     search: RigidSearchSettings = field(default_factory=RigidSearchSettings)
+    aladin: AladinSettings = field(default_factory=AladinSettings)  # rigid_only follows transform
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, AFFINE_METHODS)

@@ -123,39 +123,88 @@ def _load_harness():
 
 def test_harness_method_commands(tmp_path):
     harness = _load_harness()
-    ours = harness.method_command("convex-adam", tmp_path / "in", tmp_path / "out", tmp_path / "c.toml")
-    assert ours[1:6] == ["-m", "remind2reg", "register", "--method", "convex-adam"]
-    assert ours[-2:] == ["--config", str(tmp_path / "c.toml")]
-    peer = harness.method_command("peer:convexadam-baseline", tmp_path / "in", tmp_path / "out", None)
-    assert peer[1].endswith("convexadam_package.py") and peer[2:4] == ["--preset", "baseline"]
+    ours = harness.method_command("convex-adam", tmp_path / "in", tmp_path / "out", tmp_path / "c.toml", 1)
+    assert ours[1:7] == ["-m", "remind2reg", "-q", "register", "--method", "convex-adam"]
+    assert ours[-2:] == ["--config", str(tmp_path / "c.toml")] and ours[ours.index("--threads") + 1] == "1"
+    peer = harness.method_command(
+        "peer:convexadam-baseline-rigid", tmp_path / "in", tmp_path / "out", None, 2
+    )
+    assert peer[1].endswith("convexadam_package.py") and peer[2:4] == ["--preset", "baseline-rigid"]
     assert harness.method_dir(tmp_path, "peer:convexadam-defaults") == tmp_path / "peer_convexadam-defaults"
-    assert harness._per_method(["3", "identity=5"], int, "x") == (3, {"identity": 5})
 
 
-def test_harness_runs_scores_and_reuses(tmp_path, capsys):
-    """identity (and the baseline peer when installed) on a tiny folder; the second call reuses."""
+def _tiny_standard_set(data) -> None:
+    """Two cases (US + ceT1) with landmarks 2 voxels apart, in two families and both halves."""
     from remind2reg.inference.io.landmarks import write_landmarks_csv
     from tests.conftest import make_case_files
 
-    harness = _load_harness()
-    data = tmp_path / "data"
     shape, vox2world = (20, 20, 20), np.diag([0.5, 0.5, 0.5, 1.0])
     for case in ("0001", "0002"):
         make_case_files(data, case, shape, vox2world, modalities=("0000", "0001"))
         fix = np.array([[5.0, 6.0, 7.0], [10.0, 10.0, 10.0], [14.0, 12.0, 8.0]])
         write_landmarks_csv(data / "landmarksTr" / f"ReMIND2Reg_{case}_0000.csv", fix)
         write_landmarks_csv(data / "landmarksTr" / f"ReMIND2Reg_{case}_0001.csv", fix + [2.0, 0.0, 0.0])
+    cases = {
+        "0001": {"family": "pre-resection", "split": "tuning", "nearly_aligned": False},
+        "0002": {"family": "post-resection", "split": "held-out", "nearly_aligned": False},
+    }
+    (data / "split.json").write_text(json.dumps({"tuning": ["0001"], "held-out": ["0002"], "cases": cases}))
+
+
+def test_harness_runs_scores_and_reuses(tmp_path, capsys):
+    """identity (and the baseline peer when installed) on a tiny folder; the second call reuses."""
+    harness = _load_harness()
+    data = tmp_path / "data"
+    _tiny_standard_set(data)
     methods = ["identity"] + (["peer:convexadam-baseline"] if adapter.package_available() else [])
-    args = ["--data", str(data), "--methods", *methods, "--results", str(tmp_path / "res")]
-    assert harness.main([*args, "--markdown", str(tmp_path / "table.md")]) == 0
+    args = ["--data", str(data), "--methods", *methods, "--results", str(tmp_path / "res"), "--threads", "1"]
+    assert (
+        harness.main([*args, "--markdown", str(tmp_path / "table.md"), "--json", str(tmp_path / "t.json")])
+        == 0
+    )
     first = capsys.readouterr().out
-    assert "initial (zero field)" in first and "running 2 pair(s)" in first
-    # identity: TRE = initial = 2 voxels x 0.5 mm
-    identity_row = next(line for line in first.splitlines() if line.startswith("identity "))
-    assert identity_row.split()[1:4] == ["2/2", "1.000", "1.000"]
+    assert "[identity] running 2 pair(s)" in first
+    rows = {(r["group"], r["method"]): r for r in json.loads((tmp_path / "t.json").read_text())["rows"]}
+    # identity: TRE = initial = 2 voxels x 0.5 mm, no change, no pair made worse; per family and overall
+    for group in ("pre-resection", "post-resection", "all"):
+        row = rows[(group, "identity")]
+        assert row["tre"] == row["tre0"] == 1.0 and row["change"] == 0.0 and row["worse"] == 0.0
+    assert rows[("all", "identity")]["pairs"] == 2
     runs = json.loads((tmp_path / "res" / "identity" / "benchmark_runs.json").read_text())
     assert runs["runs"][0]["peak_rss_mb"] > 10 and runs["runs"][0]["pairs"]
-    assert "| method |" in (tmp_path / "table.md").read_text()
-    assert harness.main(args) == 0
+    assert "| family | method |" in (tmp_path / "table.md").read_text()
+    assert harness.main([*args, "--split", "held-out"]) == 0
     second = capsys.readouterr().out
-    assert "running" not in second and "reusing 2 finished pair(s)" in second
+    assert (
+        "running" not in second
+        and "0002_0000<--0002_0001" in second
+        and "0001_0000<--0001_0001" not in second
+    )
+
+
+def test_harness_on_dask_gives_the_serial_table(tmp_path):
+    """(method, case) tasks on a LocalCluster: the same per-pair numbers as the serial run."""
+    harness = _load_harness()
+    data = tmp_path / "data"
+    _tiny_standard_set(data)
+    tables = []
+    for name, extra in (("serial", []), ("dask", ["--scheduler", "local:2"])):
+        out = tmp_path / f"{name}.json"
+        args = [
+            "--data",
+            str(data),
+            "--methods",
+            "identity",
+            "convex-adam",
+            "--results",
+            str(tmp_path / name),
+        ]
+        assert harness.main([*args, "--threads", "1", "--json", str(out), *extra]) == 0
+        tables.append(json.loads(out.read_text()))
+    for method in ("identity", "convex-adam"):
+        serial, dask = (t["pairs"][method] for t in tables)
+        assert {k: v["tre"] for k, v in serial.items()} == {k: v["tre"] for k, v in dask.items()}
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "peak_gib")} for r in tables[0]["rows"]]
+    assert strip == [
+        {k: v for k, v in r.items() if k not in ("seconds", "peak_gib")} for r in tables[1]["rows"]
+    ]

@@ -13,6 +13,10 @@ Presets
     (MIND-SSC r=1 d=2, grid_sp 6, disp_hw 4, inverse consistency, Adam: 80 iterations,
     lambda 1.25, grid_sp_adam 2, no mask), on the CPU in float32 (the package switches
     float16 to float32 on the CPU itself; we ask for float32 so it does not print a warning).
+``baseline-rigid``
+    The baseline's field projected onto a rigid transform by least trimmed squares inside the
+    US sector (best 50 %, 15 iterations, world mm): the organisers' ConvexAdam-Rigid, which
+    is MCPO's mechanism (REFERENCE sections 5, 6).
 ``baseline``
     The organisers' ReMIND2Reg baseline (``ReubenDo/ReMIND2Reg``, ``convexAdam/run_convexadam.py``).
     That script does NOT call the package's entry point: it carries its own copy of the
@@ -42,7 +46,6 @@ that is the package's behaviour and is kept.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import resource
@@ -54,17 +57,18 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from remind2reg.inference.geometry import resample_to_grid, same_grid
-from remind2reg.inference.io.atomic import write_text_atomic
+from remind2reg.inference.core.pointfit import lts_fit
+from remind2reg.inference.core.sector import sector_mask
+from remind2reg.inference.geometry import affine_displacement, apply_affine, resample_to_grid, same_grid
 from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
 from remind2reg.inference.io.displacement import write_displacement
 from remind2reg.inference.io.nifti import Image, read_image
+from remind2reg.inference.io.timings import write_timings
 
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("convexadam_package")
 
 PACKAGE_VERSION = "0.2.0"
-TIMINGS_FILE = "timings.json"  # same name and layout as ``remind2reg register`` writes
 MODALITY_CHOICES = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
 
 # The package's own defaults of convex_adam_pt (0.2.0), written out so the record is explicit.
@@ -90,7 +94,10 @@ BASELINE = {
     "cost_mask": "fixed>0 (forward), moving>0 (backward)",
     "adam": False,
 }
-PRESETS = {"defaults": DEFAULTS, "baseline": BASELINE}
+# The organisers' ConvexAdam-Rigid / MCPO's mechanism: the baseline's dense field projected onto a
+# rigid transform by least trimmed squares inside the US sector (best 50 %, 15 iterations).
+BASELINE_RIGID = {**BASELINE, "projection": "LTS rigid, 50 % inliers, 15 iterations, points in the US sector"}
+PRESETS = {"defaults": DEFAULTS, "baseline": BASELINE, "baseline-rigid": BASELINE_RIGID}
 
 
 def package_available() -> bool:
@@ -173,15 +180,29 @@ def to_challenge(package_disp: NDArray, fixed_shape: tuple[int, ...]) -> NDArray
     return disp
 
 
-def register_arrays(fixed: NDArray, moving: NDArray, preset: str) -> NDArray[np.float32]:
+def project_to_rigid(disp: NDArray, fixed: NDArray, vox2world: NDArray) -> NDArray[np.float32]:
+    """The field of the LTS rigid fit of ``x -> x + disp(x)`` over the US sector (world mm)."""
+    inside = np.argwhere(sector_mask(fixed))
+    points = inside[:: max(1, len(inside) // 20_000)].astype(np.float64)
+    moved = points + disp[tuple(inside[:: max(1, len(inside) // 20_000)].T)]
+    fit = lts_fit(apply_affine(vox2world, points), apply_affine(vox2world, moved), "rigid", 0.5, 15)
+    return affine_displacement(fit.matrix, vox2world, fixed.shape)
+
+
+def register_arrays(
+    fixed: NDArray, moving: NDArray, preset: str, vox2world: NDArray | None = None
+) -> NDArray[np.float32]:
     """Register one pair of arrays on the same grid with a preset; challenge-convention field."""
     if preset == "defaults":
         raw = run_defaults(fixed, moving)
-    elif preset == "baseline":
+    elif preset in ("baseline", "baseline-rigid"):
         raw = run_baseline(fixed, moving)
     else:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-    return to_challenge(raw, fixed.shape)
+    disp = to_challenge(raw, fixed.shape)
+    if preset == "baseline-rigid":
+        disp = project_to_rigid(disp, fixed, np.eye(4) if vox2world is None else vox2world)
+    return disp
 
 
 def load_pair(pair: RegistrationPair) -> tuple[Image, Image]:
@@ -215,16 +236,16 @@ def _write_timings(output_dir: Path, records: list[Record], preset: str, threads
         "device": "cpu",
         "threads": threads,
         "host": platform.node(),
-        "pairs": {
-            r.output: {
-                "total_s": float(sum(r.stages.values())),
-                "stages": r.stages,
-                "peak_rss_mb_so_far": r.peak_rss_mb,
-            }
-            for r in records
-        },
     }
-    write_text_atomic(output_dir / TIMINGS_FILE, json.dumps(meta, indent=2))
+    pairs = {
+        r.output: {
+            "total_s": float(sum(r.stages.values())),
+            "stages": r.stages,
+            "peak_rss_mb_so_far": r.peak_rss_mb,
+        }
+        for r in records
+    }
+    write_timings(output_dir, meta, pairs)
 
 
 def register_folder(
@@ -241,7 +262,7 @@ def register_folder(
         t0 = time.perf_counter()
         fixed, moving = load_pair(pair)
         t1 = time.perf_counter()
-        disp = register_arrays(fixed.array, moving.array, preset)
+        disp = register_arrays(fixed.array, moving.array, preset, fixed.vox2world)
         t2 = time.perf_counter()
         write_displacement(output_dir / pair.output_name, disp, fixed.vox2world, fixed.shape)
         t3 = time.perf_counter()

@@ -104,13 +104,14 @@ def run_aladin(
             "-ref", str(d / "fixed.nii.gz"), "-flo", str(d / "moving.nii.gz"),
             "-ln", str(settings.levels), "-lp", str(settings.levels_to_perform),
             "-pv", str(settings.block_percent), "-pi", str(settings.inlier_percent), "-voff",
-            "-nac",  # start from the header alignment (neuronavigation), not from image centres
         ]  # fmt: skip
+        if settings.header_init:
+            common.append("-nac")  # start from the header alignment (neuronavigation), not from image centres
         if not settings.symmetric:
             common.append("-noSym")
         if settings.threads:
             common += ["-omp", str(settings.threads)]
-        if fixed_mask is not None:
+        if fixed_mask is not None and settings.use_masks:
             mask = downsample(
                 Image(np.asarray(fixed_mask, dtype=np.float32), fixed.vox2world), factor, order_mask=True
             )

@@ -25,7 +25,8 @@ def make_method(name: str, config: RegistrationConfig | None = None, device: str
     if name in ("niftyreg-rigid", "niftyreg-affine"):
         from remind2reg.inference.methods.niftyreg import NiftyRegMethod
 
-        return NiftyRegMethod(rigid_only=name == "niftyreg-rigid")
+        aladin = (config or RegistrationConfig()).affine.aladin
+        return NiftyRegMethod(name == "niftyreg-rigid", replace(aladin, rigid_only=name == "niftyreg-rigid"))
     from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
 
     base = config or RegistrationConfig()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from remind2reg.inference.affine.blockmatch import block_match
 from remind2reg.inference.affine.rigid_search import rigid_search
 from remind2reg.inference.core.fields import affine_field, warp
 from remind2reg.inference.io.nifti import Image
-from remind2reg.inference.settings import AffineStageSettings, AladinSettings, MindSettings
+from remind2reg.inference.settings import AffineStageSettings, MindSettings
 from remind2reg.inference.stages.features import (
     Features,
     WorkingCase,
@@ -84,7 +84,7 @@ def fixed2moving_world(
         return result.fixed2moving_world
     from remind2reg.inference.affine.niftyreg import run_aladin  # needs the NiftyReg binaries
 
-    aladin = AladinSettings(rigid_only=settings.transform == "rigid")
+    aladin = replace(settings.aladin, rigid_only=settings.transform == "rigid")
     return run_aladin(fixed, moving[group[0]], sector.mask, aladin).fixed2moving_world
 
 
