@@ -177,8 +177,11 @@ def execute(job: Job) -> dict:
     )
     log_path = run_dir / "log.txt"
     t0, timed_out = time.perf_counter(), False
+    env = dict(os.environ)
+    if job.method.startswith("peer:convexadam-baseline-rigid"):  # project the baseline's fields, if run
+        env["REMIND2REG_BASELINE_FIELDS"] = str(Path(job.run_dir).parents[2] / "peer_convexadam-baseline")
     with open(log_path, "w", encoding="utf-8") as log_file:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG if job.time_limit else 0)
             if pid:
@@ -244,8 +247,9 @@ def run_jobs(jobs: list[tuple[Path, Job]], scheduler: str | None) -> None:
             print(f"[{job.method}] running {len(job.pairs)} pair(s)", flush=True)
             merge(mdir, execute(job))
         return
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, LocalCluster
 
+    from remind2reg.inference.distributed import each_completed
     from remind2reg.inference.settings import parse_scheduler
 
     kind, workers = parse_scheduler(scheduler)
@@ -254,13 +258,19 @@ def run_jobs(jobs: list[tuple[Path, Job]], scheduler: str | None) -> None:
         if kind == "local"
         else None
     )
-    with Client(cluster or scheduler, timeout=10) as client:
-        futures = {client.submit(execute, job, pure=False, retries=1): mdir for mdir, job in jobs}
-        print(f"{len(futures)} (method, case) tasks on {scheduler}", flush=True)
-        for future in as_completed(futures):
-            merge(futures[future], future.result())
-    if cluster is not None:
-        cluster.close()
+    try:
+        with Client(cluster or scheduler, timeout=10) as client:
+            if __name__ != "__main__":
+                # Imported as a module (tests, other scripts): tasks refer to ``execute`` by
+                # module name, which the workers can import only once they have this file.
+                client.upload_file(__file__)
+            futures = {client.submit(execute, job, pure=False, retries=1): mdir for mdir, job in jobs}
+            print(f"{len(futures)} (method, case) tasks on {scheduler}", flush=True)
+            for future in each_completed(client, futures, local=cluster is not None):
+                merge(futures[future], future.result())
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 RETRIES = 1  # a case whose worker died is run once more elsewhere
+POLL_S = 5.0
+LOCAL_NO_WORKERS_S = 60.0  # a local cluster with no worker for this long is dead, not starting
+REMOTE_NO_WORKERS_LOG_S = 300.0  # a remote scheduler may wait for a queue: say so, keep waiting
 
 
 class SchedulerError(UsageError):
@@ -136,6 +139,47 @@ def connect(scheduler: str, device: str):
     return client, cluster, count
 
 
+def each_completed(client, futures, local: bool, poll_s: float = POLL_S):
+    """Yield ``futures`` as they finish; never wait forever on a cluster that has lost its workers.
+
+    A local cluster whose workers are all gone for :data:`LOCAL_NO_WORKERS_S` (for example a
+    task that no worker can even unpickle makes every worker close) raises
+    :class:`SchedulerError` instead of hanging. A remote scheduler may legitimately have no
+    workers for a while (a batch queue starting them), so there it is only logged.
+    """
+    import time
+
+    from distributed import wait
+
+    remaining = list(futures)
+    empty_since: float | None = None
+    limit = LOCAL_NO_WORKERS_S if local else REMOTE_NO_WORKERS_LOG_S
+    while remaining:
+        try:
+            done, _ = wait(remaining, timeout=poll_s, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        if done:
+            remaining = [f for f in remaining if f not in done]
+            yield from (f for f in futures if f in done)  # submission order within a batch
+            continue
+        if client.scheduler_info().get("workers"):
+            empty_since = None
+            continue
+        now = time.monotonic()
+        empty_since = empty_since or now
+        if now - empty_since < limit:
+            continue
+        message = (
+            f"the Dask scheduler {client.scheduler.address} has had no worker for "
+            f"{now - empty_since:.0f} s with {len(remaining)} task(s) left"
+        )
+        if local:
+            raise SchedulerError(message + " (the local workers died; see the log above)")
+        log.warning("%s; still waiting for workers", message)
+        empty_since = now
+
+
 def run_distributed(
     run: BatchRun,
     jobs: list[CaseJob],
@@ -154,7 +198,7 @@ def run_distributed(
     try:
         if spec.threads is None and cluster is not None:
             spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // workers))
-        _gather(client, run, jobs, spec, progress)
+        _gather(client, run, jobs, spec, progress, local=cluster is not None)
     finally:
         client.close()
         if cluster is not None:
@@ -162,8 +206,9 @@ def run_distributed(
     remove_stale_partials(run.output_dir)  # temporary files of workers that died
 
 
-def _gather(client, run: BatchRun, jobs: list[CaseJob], spec: EngineSpec, progress: bool) -> None:
-    from distributed import as_completed
+def _gather(
+    client, run: BatchRun, jobs: list[CaseJob], spec: EngineSpec, progress: bool, local: bool
+) -> None:
     from tqdm import tqdm
 
     resources = {"GPU": 1} if spec.device == "cuda" else None
@@ -177,7 +222,7 @@ def _gather(client, run: BatchRun, jobs: list[CaseJob], spec: EngineSpec, progre
     }  # fmt: skip
     pending = dict(futures)
     bar = tqdm(total=len(jobs), desc="register", unit="case", disable=not progress)
-    for future in as_completed(futures):
+    for future in each_completed(client, futures, local):
         job = pending.pop(future)
         try:
             outcome = future.result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -140,3 +141,45 @@ def test_a_malformed_scheduler_is_a_usage_error(cases, tmp_path, capsys):
         register(cases, tmp_path / "out", "--scheduler", "local:zero")
     assert exit_info.value.code == EXIT_USAGE
     assert "local:N needs a positive worker count" in capsys.readouterr().err
+
+
+def test_a_local_cluster_that_lost_all_its_workers_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """A task no worker can unpickle closes every worker; the client must give up, not wait forever.
+
+    (This is how the benchmark harness once hung CI: its jobs referred to a module the workers
+    could not import.)
+    """
+    from remind2reg.inference import distributed as dist
+
+    module = tmp_path / "only_on_the_client.py"
+    module.write_text("def task():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_on_the_client  # noqa: PLC0415 - imported here, then gone before a worker looks
+
+    module.unlink()  # spawned workers inherit sys.path, so the file itself must go
+    shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
+
+    monkeypatch.setattr(dist, "LOCAL_NO_WORKERS_S", 2.0)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        with distributed.Client(cluster) as client:
+            futures = [client.submit(only_on_the_client.task, pure=False)]
+            with pytest.raises(dist.SchedulerError, match="no worker for"):
+                list(dist.each_completed(client, futures, local=True, poll_s=0.5))
+    finally:
+        cluster.close()
+
+
+def test_each_completed_yields_every_future_once(tmp_path):
+    from remind2reg.inference.distributed import each_completed
+
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    )
+    try:
+        with distributed.Client(cluster) as client:
+            futures = [client.submit(pow, 2, k, pure=False) for k in range(6)]
+            got = [f.result() for f in each_completed(client, futures, local=True, poll_s=0.2)]
+            assert sorted(got) == [2**k for k in range(6)]
+    finally:
+        cluster.close()

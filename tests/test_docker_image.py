@@ -39,7 +39,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 IMAGE = "remind2reg:latest"
 ALIASES = ("reg:latest",)
