@@ -1,6 +1,6 @@
 """Does the registration stay at the truth when started there? A bias check on synthetic data.
 
-    python benchmarks/deformable_from_truth.py --data data/synth_shared --cases 0001 0002 [--config FILE] \
+    python benchmarks/deformable_from_truth.py --data data/standard --cases 0007 0008 [--config FILE] \
         [--no-guard] [--exclude-cavity]
 
 For each case, the MR is warped by the ground-truth field (``groundtruth/disp_*.nii.gz``), so
@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from remind2reg.evaluation.metrics import sample_displacement, target_registration_error
@@ -48,8 +49,9 @@ def warped_by_truth(moving: Image, truth_vox: np.ndarray) -> Image:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO / "data" / "synth_shared")
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "standard")
     parser.add_argument("--cases", nargs="+", required=True, help="case ids, e.g. 0001 0002")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--config", type=Path, help="TOML/JSON pipeline settings")
     parser.add_argument(
         "--moving", nargs="+", default=["0001", "0002"], help="moving sequences (0001 ceT1, 0002 T2)"
@@ -71,6 +73,8 @@ def main() -> None:
     if args.fixed_from_mr and args.from_input:
         parser.error("--fixed-from-mr needs the truth-warped MR: it cannot be combined with --from-input")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
     if args.no_guard:
         config = replace(config, guard=replace(config.guard, enabled=False))

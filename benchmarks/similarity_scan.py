@@ -56,7 +56,7 @@ def translation_costs(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO / "data" / "synth_shared")
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "standard")
     parser.add_argument("--cases", nargs="+", required=True)
     parser.add_argument("--rims", nargs="+", type=float, default=[-1.0], help="cavity rims (mm); -1: keep it")
     parser.add_argument("--range", type=int, default=6, help="largest shift (working voxels)")

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import resource
 import sys
@@ -61,7 +62,7 @@ from remind2reg.inference.core.pointfit import lts_fit
 from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import affine_displacement, apply_affine, resample_to_grid, same_grid
 from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
-from remind2reg.inference.io.displacement import write_displacement
+from remind2reg.inference.io.displacement import read_displacement, write_displacement
 from remind2reg.inference.io.nifti import Image, read_image
 from remind2reg.inference.io.timings import write_timings
 
@@ -69,6 +70,7 @@ REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("convexadam_package")
 
 PACKAGE_VERSION = "0.2.0"
+REUSE_ENV = "REMIND2REG_BASELINE_FIELDS"  # where baseline-rigid finds baseline fields to project
 MODALITY_CHOICES = {"both": ("0001", "0002"), "ceT1": ("0001",), "T2": ("0002",)}
 
 # The package's own defaults of convex_adam_pt (0.2.0), written out so the record is explicit.
@@ -249,8 +251,16 @@ def _write_timings(output_dir: Path, records: list[Record], preset: str, threads
 
 
 def register_folder(
-    input_dir: Path, output_dir: Path, preset: str, modalities: tuple[str, ...], threads: int = 2
+    input_dir: Path,
+    output_dir: Path,
+    preset: str,
+    modalities: tuple[str, ...],
+    threads: int = 2,
+    reuse_dir: Path | None = None,
 ) -> list[Record]:
+    """Register every pair; ``baseline-rigid`` projects the ``baseline`` field found in
+    ``reuse_dir`` (the baseline's results) instead of recomputing it (the same field: 5 minutes
+    a pair saved)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -262,7 +272,13 @@ def register_folder(
         t0 = time.perf_counter()
         fixed, moving = load_pair(pair)
         t1 = time.perf_counter()
-        disp = register_arrays(fixed.array, moving.array, preset, fixed.vox2world)
+        cached = reuse_dir / pair.output_name if reuse_dir is not None else None
+        if preset == "baseline-rigid" and cached is not None and cached.is_file():
+            log.info("%s: projecting the baseline field %s (not recomputed)", pair.label, cached)
+            baseline = read_displacement(cached, fixed.shape).astype(np.float32)
+            disp = project_to_rigid(baseline, fixed.array, fixed.vox2world)
+        else:
+            disp = register_arrays(fixed.array, moving.array, preset, fixed.vox2world)
         t2 = time.perf_counter()
         write_displacement(output_dir / pair.output_name, disp, fixed.vox2world, fixed.shape)
         t3 = time.perf_counter()
@@ -281,12 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="baseline", choices=sorted(PRESETS))
     p.add_argument("--modalities", default="both", choices=sorted(MODALITY_CHOICES))
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=os.environ.get(REUSE_ENV),
+        help=f"baseline-rigid: a folder of baseline fields to project instead of recomputing (default ${REUSE_ENV})",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if not package_available():
         log.error("convexAdam is not importable: pip install convexAdam==%s", PACKAGE_VERSION)
         return 1
-    register_folder(args.input, args.output, args.preset, MODALITY_CHOICES[args.modalities], args.threads)
+    register_folder(
+        args.input, args.output, args.preset, MODALITY_CHOICES[args.modalities], args.threads, args.reuse
+    )
     return 0
 
 

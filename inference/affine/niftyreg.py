@@ -74,6 +74,20 @@ def downsample(image: Image, factor: int, order_mask: bool = False) -> Image:
     return Image(array=small.astype(np.float32), vox2world=image.vox2world @ scale, path=image.path)
 
 
+def crop_to(image: Image, mask: Image, margin: int = 4) -> Image:
+    """``image`` cropped to the bounding box of ``mask > 0`` plus ``margin`` voxels (same grid):
+    voxel ``v`` of the crop is voxel ``lo + v`` of the image, so ``vox2world`` gains ``T(lo)``."""
+    idx = np.argwhere(mask.array > 0)
+    if len(idx) == 0:
+        return image
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, image.shape)
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    return Image(np.ascontiguousarray(image.array[box]), image.vox2world @ shift, image.path)
+
+
 def _run(cmd: list[str]) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -95,6 +109,13 @@ def run_aladin(
     with tempfile.TemporaryDirectory(prefix="remind2reg-aladin-") as tmp:
         d = Path(tmp)
         small_fixed = downsample(fixed, factor)
+        small_mask = None
+        if fixed_mask is not None:
+            small_mask = downsample(
+                Image(np.asarray(fixed_mask, dtype=np.float32), fixed.vox2world), factor, order_mask=True
+            )
+            if settings.crop_reference:  # the US on its own small grid, as a stand-alone iUS volume is
+                small_fixed, small_mask = crop_to(small_fixed, small_mask), crop_to(small_mask, small_mask)
         write_image(d / "fixed.nii.gz", small_fixed.array, small_fixed.vox2world)
         small_moving = downsample(
             moving, max(1, round(settings.working_spacing_mm / float(np.mean(moving.spacing))))
@@ -111,11 +132,8 @@ def run_aladin(
             common.append("-noSym")
         if settings.threads:
             common += ["-omp", str(settings.threads)]
-        if fixed_mask is not None and settings.use_masks:
-            mask = downsample(
-                Image(np.asarray(fixed_mask, dtype=np.float32), fixed.vox2world), factor, order_mask=True
-            )
-            write_image(d / "mask.nii.gz", mask.array, mask.vox2world, dtype=np.uint8)
+        if small_mask is not None and settings.use_masks:
+            write_image(d / "mask.nii.gz", small_mask.array, small_mask.vox2world, dtype=np.uint8)
             common += ["-rmask", str(d / "mask.nii.gz")]
             moving_mask = Image((small_moving.array > 0).astype(np.float32), small_moving.vox2world)
             write_image(d / "moving_mask.nii.gz", moving_mask.array, moving_mask.vox2world, dtype=np.uint8)

@@ -1,0 +1,161 @@
+"""Calibrate the guard on the tuning half: how many bad results a threshold saves, how many good ones it throws away.
+
+    python benchmarks/guard_calibration.py --data data/standard [--config FILE] [--split tuning]
+
+For every case of the half, the pipeline runs once with the guard off; each group's three
+candidates (the input alignment, the global stage alone, the whole result) are then scored by
+the guard's criteria (NMI, LC2; measured on the MR as given inside the sector, never the MIND
+SSD the optimisers minimised) and by their true TRE (the challenge formula on the landmarks).
+The decision rule is the guard's: simplest first, a candidate replaces the one chosen so far
+when its criterion gain exceeds the threshold. For each criterion and threshold the table gives
+the mean TRE of the decisions, the pairs made worse than the input, and against the rule
+without a margin (threshold 0): the pairs a threshold saves (a harmful candidate refused) and
+the good results it throws away (a helpful candidate refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from remind2reg.evaluation.metrics import target_registration_error
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.io.atomic import write_text_atomic
+from remind2reg.inference.io.dataset import find_pairs, landmark_path
+from remind2reg.inference.io.landmarks import read_landmarks_csv
+from remind2reg.inference.io.nifti import header_spacing, read_image
+from remind2reg.inference.settings import GuardSettings
+from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse
+from remind2reg.inference.stages.embedding import embed_transforms
+from remind2reg.inference.stages.features import extract_features
+from remind2reg.inference.stages.global_alignment import align_globally, header_alignment
+from remind2reg.inference.stages.guard import FULL, GLOBAL, IDENTITY, candidates, criterion
+from remind2reg.inference.stages.sector import find_sector
+from remind2reg.inference.stages.transforms import sequence_groups
+
+CRITERIA = {"nmi": GuardSettings(criterion="nmi"), "lc2": GuardSettings(criterion="lc2")}
+THRESHOLDS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02)
+
+
+def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list[dict]:
+    """Per pair of a case: each candidate's criteria (summed over its group) and TRE."""
+    fixed = read_image(pairs[0].fixed, pairs[0].case)
+    moving = {p.moving_name.modality: read_image(p.moving, p.case) for p in pairs}
+    device = torch.device("cpu")
+    sector = find_sector(fixed, config.working_spacing_mm, config.crop_margin_mm)
+    case = extract_features(fixed, moving, sector, config.mind, device)
+    groups = sequence_groups(tuple(moving), config.fusion)
+    if config.affine.method == "none":
+        aligned = header_alignment(case, groups)
+    else:
+        aligned = align_globally(fixed, moving, case, sector, groups, config.affine, config.mind)
+    features, mask = aligned.case.features, case.images.mask
+    estimates = convex_estimates(features, mask, aligned.alignments, config.fusion, config.convex)
+    estimates = adam_estimates(features, mask, estimates, config.adam)
+    rows = []
+    for transform in fuse(aligned.alignments, estimates, config.fusion):
+        options = dict(candidates(transform))
+        scores = {
+            name: {
+                c: float(sum(criterion(case.images, m, None if name == IDENTITY else t.total_field(), s)
+                             for m in transform.modalities))
+                for c, s in CRITERIA.items()
+            }
+            for name, t in options.items()
+        }  # fmt: skip
+        fields = {
+            name: embed_transforms((t,), sector.grid, fixed.vox2world)[0].field
+            for name, t in options.items()
+        }
+        for p in (p for p in pairs if p.moving_name.modality in transform.modalities):
+            fix = read_landmarks_csv(landmark_path(p.fixed, data), p.case)
+            mov = read_landmarks_csv(landmark_path(p.moving, data), p.case)
+            spacing = header_spacing(p.moving)
+            tre = {
+                n: float(target_registration_error(fix, mov, f, spacing).mean()) for n, f in fields.items()
+            }
+            rows.append({"pair": p.key, "scores": scores, "tre": tre})
+    return rows
+
+
+def decide(row: dict, crit: str, threshold: float) -> str:
+    """The guard's rule on one pair's stored scores."""
+    chosen = IDENTITY
+    for name in (GLOBAL, FULL):
+        if (
+            name in row["scores"]
+            and not (row["scores"][name][crit] - row["scores"][chosen][crit]) <= threshold
+        ):
+            chosen = name
+    return chosen
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| criterion | threshold | mean TRE | worse than input | saved vs 0 | thrown away vs 0 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for crit in CRITERIA:
+        base = [decide(r, crit, 0.0) for r in rows]
+        for t in THRESHOLDS:
+            chosen = [decide(r, crit, t) for r in rows]
+            tre = [r["tre"][c] for r, c in zip(rows, chosen, strict=True)]
+            worse = sum(r["tre"][c] > r["tre"][IDENTITY] for r, c in zip(rows, chosen, strict=True))
+            changed = [(r, b, c) for r, b, c in zip(rows, base, chosen, strict=True) if b != c]
+            saved = sum(r["tre"][c] < r["tre"][b] for r, b, c in changed)
+            thrown = sum(r["tre"][c] > r["tre"][b] for r, b, c in changed)
+            lines.append(
+                f"| {crit} | {t:g} | {np.mean(tre):.2f} | {worse}/{len(rows)} | {saved} | {thrown} |"
+            )
+    oracle = np.mean([min(r["tre"].values()) for r in rows])
+    fixed_choice = {
+        n: np.mean([r["tre"].get(n, r["tre"][IDENTITY]) for r in rows]) for n in (IDENTITY, GLOBAL, FULL)
+    }
+    lines.append("")
+    lines.append(
+        "always: " + ", ".join(f"{n} {v:.2f}" for n, v in fixed_choice.items()) + f"; oracle {oracle:.2f} mm"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("data/standard"))
+    ap.add_argument("--config", type=Path, help="pipeline settings (the guard is ignored)")
+    ap.add_argument("--split", default="tuning", choices=["tuning", "held-out", "all"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, help="write (or, with --no-run, read) the per-pair rows")
+    ap.add_argument("--no-run", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.no_run:
+        rows = json.loads(args.json.read_text())
+    else:
+        config = RegistrationConfig.from_file(args.config) if args.config else RegistrationConfig()
+        split = json.loads((args.data / "split.json").read_text())
+        cases = split["cases"] if args.split == "all" else split[args.split]
+        pairs = [p for p in find_pairs(args.data) if p.case in cases]
+        rows = []
+        for case in sorted({p.case for p in pairs}):
+            rows += case_candidates([p for p in pairs if p.case == case], args.data, config)
+            print(
+                f"case {case}: "
+                + "; ".join(
+                    f"{r['pair']} {json.dumps(r['tre'])}" for r in rows if r["pair"].startswith(case)
+                ),
+                flush=True,
+            )
+        if args.json:
+            write_text_atomic(args.json, json.dumps(rows, indent=1))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
