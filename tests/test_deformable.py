@@ -18,7 +18,7 @@ from remind2reg.inference.core.fields import (
     upsample_cells,
     warp,
 )
-from remind2reg.inference.core.losses import diffusion_penalty
+from remind2reg.inference.core.losses import diffusion_penalty, geman_mcclure, masked_ssd, robust_masked_ssd
 from remind2reg.inference.deformable.convex import coupled_convex, inverse_consistent
 from remind2reg.inference.deformable.instance import instance_optimise
 from remind2reg.inference.settings import AdamSettings
@@ -183,3 +183,31 @@ def test_affine_after_field_matches_the_numpy_composition():
     np.testing.assert_allclose(got[0].permute(1, 2, 3, 0).numpy(), expected, atol=1e-3)
     zero = affine_field(vox2vox, shape)[0].permute(1, 2, 3, 0).numpy()
     np.testing.assert_allclose(zero, affine_displacement(f2m, vox2world, shape), atol=1e-3)
+
+
+def test_geman_mcclure_is_linear_for_small_residuals_and_saturates_for_large_ones():
+    r = torch.tensor([0.0, 1e-4, 1.0, 1e6])
+    out = geman_mcclure(r, 1.0)
+    assert out[0] == 0.0 and out[2] == pytest.approx(0.5)
+    assert out[1] == pytest.approx(1e-4, rel=1e-3) and out[3] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_robust_masked_ssd_matches_the_formula_and_checks_shapes():
+    fixed, moving = torch.zeros(1, 2, 3, 3, 3), torch.zeros(1, 2, 3, 3, 3)
+    moving[0, :, 0, 0, 0] = 10.0  # one voxel nothing explains: contributes at most 1 / n
+    weight = torch.ones(1, 1, 3, 3, 3)
+    value = float(robust_masked_ssd(fixed, moving, weight, scale=1.0))
+    assert value == pytest.approx((100.0 / 101.0) / 27.0, rel=1e-6)
+    plain = float(masked_ssd(fixed, moving, weight))
+    assert plain == pytest.approx(100.0 * 2 / (27 * 2))  # the plain SSD is pulled 100x harder
+    with pytest.raises(ValueError, match="weight"):
+        robust_masked_ssd(fixed, moving, torch.ones(1, 1, 2, 3, 3), scale=1.0)
+
+
+def test_robust_cost_volume_still_finds_a_known_shift():
+    rng = np.random.default_rng(2)
+    fixed = _t(ndimage.gaussian_filter(rng.normal(size=(12, *SHAPE)), (0, 1, 1, 1)))[None]
+    moving = torch.roll(fixed, shifts=(2, -1, 1), dims=(2, 3, 4))  # fixed(x) = moving(x + d), d = (2, -1, 1)
+    cost = cost_volume(fixed, moving, 3, robust=1.0)
+    best = displacement_offsets(3)[cost[:, 5:-5, 5:-5, 5:-5].reshape(cost.shape[0], -1).argmin(0)]
+    assert (best == torch.tensor([2.0, -1.0, 1.0])).all(dim=1).float().mean() > 0.95

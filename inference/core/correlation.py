@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from remind2reg.inference.core.fields import box_smooth
+from remind2reg.inference.core.losses import geman_mcclure
 
 
 def pool(
@@ -40,7 +41,11 @@ def displacement_offsets(disp_hw: int, device=None) -> torch.Tensor:
 
 
 def cost_volume(
-    fixed: torch.Tensor, moving: torch.Tensor, disp_hw: int, weight: torch.Tensor | None = None
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    disp_hw: int,
+    weight: torch.Tensor | None = None,
+    robust: float = 0.0,
 ) -> torch.Tensor:
     """SSD cost ``(n_d, Ic, Jc, Kc)`` of every offset: mean over channels of
     ``(F(x) - M(x + d))^2``, aggregated over 3^3 neighbourhoods twice (block matching),
@@ -69,6 +74,8 @@ def cost_volume(
             # cost[di, dj, dk] = mean_c (F(x) - M(x + d))^2 ; offsets run -h..h in (i, j, k) order
             cost[di, dj] = ((fixed_k - window) ** 2).mean(0).permute(2, 0, 1, 3)
     cost = cost.reshape(size**3, n_i, n_j, n_k)
+    if robust > 0:  # Geman-McClure: a cell that no offset explains (a cavity) saturates instead of pulling
+        cost = geman_mcclure(cost, robust * cost[(size**3) // 2].mean())
     offsets = displacement_offsets(h)
     # Spatial aggregation with the offsets as channels (two 3^3 box filters).
     cost = box_smooth(cost[None], passes=2)[0]

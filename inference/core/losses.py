@@ -46,6 +46,23 @@ def masked_ssd(fixed: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor) 
     return (((fixed - moving) ** 2) * weight).sum() / (weight.sum().clamp_min(1.0) * fixed.shape[1])
 
 
+def geman_mcclure(residual: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """``r / (r + s)`` elementwise for squared residuals ``r >= 0`` and a scale ``s > 0``: about
+    ``r / s`` for small residuals, saturating at 1 for large ones (robust M-estimator)."""
+    return residual / (residual + scale)
+
+
+def robust_masked_ssd(
+    fixed: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | float
+) -> torch.Tensor:
+    """Weighted mean over voxels of ``geman_mcclure(mean_c (F - M)^2, scale)`` (a scalar): voxels
+    whose features nothing explains (a resection cavity's wall) saturate instead of pulling."""
+    _check_pair("fixed", fixed, "moving", moving)
+    _check_mask("weight", weight, fixed)
+    per_voxel = ((fixed - moving) ** 2).mean(1, keepdim=True)
+    return (geman_mcclure(per_voxel, scale) * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def local_ncc(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = 1e-4) -> torch.Tensor:
     """Local normalised cross-correlation in ``(2r+1)^3`` boxes, ``(N, C, ...)`` in [-1, 1] (a score)."""
     _check_pair("a", a, "b", b)

@@ -89,11 +89,11 @@ def convex_levels(
     for level in settings.levels:
         fixed_c, weight = pool(fixed, mask, level.grid_sp)
         moving_c, _ = pool(warp(moving.float(), disp), None, level.grid_sp)
-        cost = cost_volume(fixed_c, moving_c, level.disp_hw, weight)
+        cost = cost_volume(fixed_c, moving_c, level.disp_hw, weight, settings.robust)
         residual_c = coupled_convex(cost, level.disp_hw, settings.coefficients, settings.average_iterates)
         if settings.inverse_consistent:
             backward = coupled_convex(
-                cost_volume(moving_c, fixed_c, level.disp_hw, weight),
+                cost_volume(moving_c, fixed_c, level.disp_hw, weight, settings.robust),
                 level.disp_hw,
                 settings.coefficients,
                 settings.average_iterates,

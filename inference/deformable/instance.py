@@ -20,7 +20,7 @@ from remind2reg.inference.core.fields import (
     upsample_cells,
     warp,
 )
-from remind2reg.inference.core.losses import diffusion_penalty, masked_ssd
+from remind2reg.inference.core.losses import diffusion_penalty, masked_ssd, robust_masked_ssd
 from remind2reg.inference.settings import AdamSettings
 
 
@@ -60,6 +60,12 @@ def instance_optimise(
     with torch.no_grad():
         v0 = velocity_from_displacement(resize_field(pool_cells(init, k), cshape), settings.squaring_steps)
     velocity = torch.nn.Parameter(v0)
+    if settings.robust > 0:  # the Geman-McClure scale: `robust` times the mean residual at the start
+        with torch.no_grad():
+            start = ((fixed_f - warp(moving_f, resize_field(pool_cells(init, k), pooled_shape))) ** 2).mean(
+                1, keepdim=True
+            )
+            scale = settings.robust * (start * weight).sum() / weight.sum().clamp_min(1.0)
     optimiser = torch.optim.Adam([velocity], lr=settings.learning_rate)
 
     def displacement() -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +78,11 @@ def instance_optimise(
     for _ in range(settings.iterations):
         optimiser.zero_grad()
         coarse, disp = displacement()
-        similarity = masked_ssd(fixed_f, warp(moving_f, disp), weight)
+        warped = warp(moving_f, disp)
+        if settings.robust > 0:
+            similarity = robust_masked_ssd(fixed_f, warped, weight, scale)
+        else:
+            similarity = masked_ssd(fixed_f, warped, weight)
         loss = similarity + settings.regularisation * diffusion_penalty(coarse)
         loss.backward()
         optimiser.step()
