@@ -152,6 +152,7 @@ class AladinSettings:
     threads: int | None = None  # -omp; None: NiftyReg's default
     use_masks: bool = True  # -rmask (the US sector) and -fmask (MR > 0); "plain" reg_aladin has none
     header_init: bool = True  # -nac: start from the header alignment (False: from the image centres)
+    crop_reference: bool = False  # the US cropped to its sector's bounding box (a stand-alone iUS volume)
 
     def __post_init__(self) -> None:
         _positive("working_spacing_mm", self.working_spacing_mm)
@@ -197,7 +198,9 @@ class AffineStageSettings:
     sequence (ceT1 when present).
     """
 
-    method: str = "none"
+    # "search": chosen on the tuning half of the standard set (docs/benchmark.md); "none" was
+    # the default before (configs/previous_default.toml).
+    method: str = "search"
     transform: str = "rigid"  # rigid | affine (search: rigid only)
     blockmatch: BlockMatchSettings = field(default_factory=BlockMatchSettings)
     search: RigidSearchSettings = field(default_factory=RigidSearchSettings)
@@ -235,6 +238,7 @@ class ConvexSettings:
     inverse_consistent: bool = False  # also solve moving->fixed, then symmetrise both fields
     inverse_iterations: int = 10
     rigid_projection: bool = False  # MCPO: each level's field projected onto a rigid transform (LTS)
+    robust: float = 0.0  # > 0: Geman-McClure cost per cell, scale = robust x mean zero-offset cost
     projection_inlier_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -244,6 +248,7 @@ class ConvexSettings:
         _one_of("combine", self.combine, COMBINES)
         _non_negative("inverse_iterations", self.inverse_iterations)
         _require(0 < self.projection_inlier_fraction <= 1, "projection_inlier_fraction must be in (0, 1]")
+        _non_negative("robust", self.robust)
         if self.combine == "weighted":
             _require(sum(lv.weight for lv in self.levels) > 0, "the level weights must not all be 0")
 
@@ -259,8 +264,10 @@ class AdamSettings:
     regularisation: float = 0.5  # lambda of the diffusion penalty
     smoothing_passes: int = 3  # 3^3 box filters applied to v at each step
     squaring_steps: int = 5
+    robust: float = 0.0  # > 0: Geman-McClure per voxel, scale = robust x the mean residual at the start
 
     def __post_init__(self) -> None:
+        _non_negative("robust", self.robust)
         _positive("grid_sp", self.grid_sp)
         _positive("feature_pool", self.feature_pool)
         _non_negative("iterations", self.iterations)
@@ -286,11 +293,14 @@ class GuardSettings:
 
     enabled: bool = True
     criterion: str = "nmi"  # nmi (normalised mutual information) | lc2 (local regression, Wein et al.)
-    min_gain: float = 0.0
+    # NMI gain a candidate needs over the simpler one: calibrated on the tuning half
+    # (benchmarks/guard_calibration.py; docs/benchmark.md), 0.0 before.
+    min_gain: float = 0.005
     lc2_radius: int = 3  # LC2 patches of (2r+1)^3 working voxels
 
     def __post_init__(self) -> None:
         _one_of("criterion", self.criterion, GUARD_CRITERIA)
+        _non_negative("min_gain", self.min_gain)
         _positive("lc2_radius", self.lc2_radius)
 
 

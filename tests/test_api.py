@@ -10,11 +10,13 @@ from scipy import ndimage
 import remind2reg
 from remind2reg.cli import main
 from remind2reg.evaluation.evaluate import evaluate as evaluate_folder
+from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.convert import as_image
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.landmarks import read_landmarks_csv, write_landmarks_csv
 from remind2reg.inference.io.nifti import write_image
+from remind2reg.inference.settings import AffineStageSettings
 from tests.conftest import oblique_vox2world
 
 SHAPE = (48, 40, 44)
@@ -52,10 +54,17 @@ def test_register_gives_the_cli_field_bit_for_bit(case_folder, tmp_path):
 def test_register_takes_simpleitk_images_and_paths_alike(case_folder):
     sitk = pytest.importorskip("SimpleITK")
     us, t1 = (case_folder / f"ReMIND2Reg_0001_{m}.nii.gz" for m in ("0000", "0001"))
-    from_paths = remind2reg.register(us, t1, device="cpu")
-    from_sitk = remind2reg.register(sitk.ReadImage(str(us)), {"0001": sitk.ReadImage(str(t1))}, device="cpu")
-    assert list(from_paths.fields) == ["ceT1"] and list(from_sitk.fields) == ["0001"]
-    np.testing.assert_allclose(from_sitk.fields["0001"], from_paths.fields["ceT1"], atol=1e-4)
+    # The headers SimpleITK hands over differ from nibabel's by ~1e-8 mm (float64 vs the file's
+    # float32). Without the global search that changes the field by < 1e-4 voxel; the search's
+    # multi-start optimisation amplifies it to ~0.02 voxel, so it is compared separately.
+    no_search = RegistrationConfig(affine=AffineStageSettings(method="none"))
+    for config, atol in ((no_search, 1e-4), (None, 0.05)):
+        from_paths = remind2reg.register(us, t1, device="cpu", config=config)
+        from_sitk = remind2reg.register(
+            sitk.ReadImage(str(us)), {"0001": sitk.ReadImage(str(t1))}, device="cpu", config=config
+        )
+        assert list(from_paths.fields) == ["ceT1"] and list(from_sitk.fields) == ["0001"]
+        np.testing.assert_allclose(from_sitk.fields["0001"], from_paths.fields["ceT1"], atol=atol)
 
 
 def test_simpleitk_conversion_matches_nibabel_on_an_oblique_grid(tmp_path):

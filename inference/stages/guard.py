@@ -70,7 +70,7 @@ def nmi_before_after(
     return before, after
 
 
-def _candidates(t: GroupTransform) -> list[tuple[str, GroupTransform]]:
+def candidates(t: GroupTransform) -> list[tuple[str, GroupTransform]]:
     """The simpler alternatives of ``t`` and ``t`` itself, simplest first."""
     out = [(IDENTITY, t.identity())]
     if t.alignment.vox2vox is not None:
@@ -85,7 +85,7 @@ def _decide(
     """The candidate kept for one group, and every candidate's score by sequence."""
     scores: dict[str, list[float]] = {}
     chosen, chosen_total = None, 0.0
-    for name, candidate in _candidates(t):
+    for name, candidate in candidates(t):
         field = None if name == IDENTITY else candidate.total_field()
         values = [criterion(images, mod, field, settings) for mod in t.modalities]
         scores[name] = values

@@ -1,0 +1,58 @@
+"""Do no harm: started at the truth, the whole default method stays there on a simulated cavity
+case, and a nearly aligned case is not made worse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from remind2reg.evaluation.metrics import sample_displacement, target_registration_error
+from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.io.dataset import find_pairs, landmark_path
+from remind2reg.inference.io.displacement import read_displacement
+from remind2reg.inference.io.landmarks import read_landmarks_csv
+from remind2reg.inference.io.nifti import Image, read_image
+from remind2reg.inference.pipeline import run_pipeline
+from remind2reg.synthesis.config import SynthConfig
+from remind2reg.synthesis.generate import CaseSpec, generate_cases, generate_dataset
+
+
+@pytest.fixture(scope="module")
+def cavity_case(tmp_path_factory):
+    """A post-resection case (irregular cavity, rim, enhancement as drawn) on a 1 mm, 96^3 grid."""
+    out = tmp_path_factory.mktemp("cavity")
+    generate_dataset(out, 1, seed=3, config=SynthConfig(grid=96, fov_mm=96.0), family="post-resection")
+    return out
+
+
+def test_started_at_the_truth_the_method_moves_the_landmarks_less_than_a_millimetre(cavity_case):
+    pair = find_pairs(cavity_case, ("0001",))[0]
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    truth = read_displacement(cavity_case / "groundtruth" / pair.output_name)
+    coords = np.indices(fixed.shape, dtype=np.float32) + np.moveaxis(truth, -1, 0)
+    aligned = ndimage.map_coordinates(moving.array, coords, order=1).astype(
+        np.float32
+    )  # moving(x + u_true(x))
+    result = run_pipeline(fixed, {"0001": Image(aligned, moving.vox2world)}, RegistrationConfig())
+    landmarks = read_landmarks_csv(landmark_path(pair.fixed, cavity_case))
+    drift = np.linalg.norm(
+        sample_displacement(result.fields["0001"], landmarks, order=1) * fixed.spacing, axis=1
+    )
+    assert drift.mean() < 1.0, (drift.mean(), result.notes)
+
+
+def test_a_nearly_aligned_case_is_not_made_worse(tmp_path):
+    """A pre-resection case drawn nearly aligned (initial TRE 1-1.5 mm): the default method may
+    improve it, and must not make it worse by more than 0.2 mm."""
+    spec = CaseSpec("0001", 0, "mni", "pre-resection", nearly_aligned=True)
+    generate_cases(tmp_path, [spec], 5, SynthConfig(grid=96, fov_mm=96.0), None)
+    pair = find_pairs(tmp_path, ("0001",))[0]
+    fix = read_landmarks_csv(landmark_path(pair.fixed, tmp_path))
+    mov = read_landmarks_csv(landmark_path(pair.moving, tmp_path))
+    fixed, moving = read_image(pair.fixed), read_image(pair.moving)
+    before = float(np.linalg.norm((fix - mov) * moving.spacing, axis=1).mean())
+    assert 0.9 < before < 1.6, before  # what the family promises
+    result = run_pipeline(fixed, {"0001": moving}, RegistrationConfig())
+    after = float(target_registration_error(fix, mov, result.fields["0001"], moving.spacing).mean())
+    assert after <= before + 0.2, (before, after, result.notes)
