@@ -66,6 +66,18 @@ class EvaluationReport:
             out["runtime_s"] = official_aggregates(runtimes)
         return out
 
+    def summary(self) -> str:
+        """One line: the mean TRE before and after, its relative change, the pairs improved."""
+        before = float(np.mean([p.tre_initial for p in self.pairs]))
+        after = float(np.mean([p.tre for p in self.pairs]))
+        improved = sum(p.tre < p.tre_initial for p in self.pairs)
+        worse = sum(p.tre > p.tre_initial for p in self.pairs)
+        change = f" ({100 * (after / before - 1):+.0f} %)" if before > 0 else ""
+        return (
+            f"Summary: mean TRE {before:.2f} -> {after:.2f} mm{change}, "
+            f"{improved} of {len(self.pairs)} pairs improved, {worse} made worse"
+        )
+
     def to_json(self) -> dict:
         """JSON in the official layout (``aggregates``, ``cases``) plus our extra fields."""
         cases = {}
@@ -116,6 +128,8 @@ class EvaluationReport:
                 f"{agg['TRE_lm']['30']:7.3f}"
             )
         lines.append("TRE0: zero field (initial alignment); TRE, TRE30 in mm; fold%: voxels with det J <= 0")
+        if self.pairs:
+            lines.append(self.summary())
         if self.failures:
             lines.append(f"NOT SCORED ({len(self.failures)} pairs):")
             lines += [f"  {key}: {message}" for key, message in self.failures.items()]

@@ -205,15 +205,22 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "--grid",
         type=int,
         default=256,
-        help="voxels per side; the field of view stays 128 mm (256 -> 0.5 mm)",
+        help="voxels per side (default 256; with the default --fov-mm 128: 0.5 mm voxels)",
+    )
+    p.add_argument(
+        "--fov-mm",
+        type=float,
+        default=128.0,
+        help="side of the cube in mm (ReMIND2Reg: 128; smaller: faster)",
     )
     p.add_argument("--first-case", type=int, default=1, help="number of the first case (4 digits in names)")
     p.add_argument(
         "--family",
-        default=DEFAULT_FAMILY,
+        nargs="+",
+        default=[DEFAULT_FAMILY],
         choices=FAMILIES,
         help="simulator family: what the iUS looks like and how the brain moved (docs/simulator.md; "
-        "default %(default)s)",
+        "default %(default)s); several are given to the cases in turn",
     )
     p.set_defaults(func=_run_synth)
 
@@ -343,7 +350,7 @@ def _run_pack(args: argparse.Namespace) -> int:
 def _run_synth(args: argparse.Namespace) -> int:
     from remind2reg.synthesis.generate import SynthConfig, generate_dataset
 
-    config = SynthConfig(grid=args.grid)
+    config = SynthConfig(grid=args.grid, fov_mm=args.fov_mm)
     generate_dataset(
         args.out,
         n_cases=args.cases,

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -493,14 +494,22 @@ def generate_dataset(
     config: SynthConfig | None = None,
     shared_data: str | Path | None = None,
     first_case: int = 1,
-    family: str = DEFAULT_FAMILY,
+    family: str | Sequence[str] = DEFAULT_FAMILY,
 ) -> list[CaseRecord]:
-    """Generate ``n_cases`` synthetic cases of one ``family`` (:data:`synthesis.families.FAMILIES`)
-    into ``out``; returns their records. ``shared_data`` default: :func:`default_shared_data`."""
+    """Generate ``n_cases`` synthetic cases into ``out``; returns their records.
+
+    ``family``: one of :data:`synthesis.families.FAMILIES`, or several, given to the cases in
+    turn (case ``i`` gets ``family[i % len(family)]``). ``shared_data`` default:
+    :func:`default_shared_data`.
+    """
     config = config or SynthConfig()
-    family_settings(family)  # fail early on an unknown family
+    families = [family] if isinstance(family, str) else list(family)
+    for name in families:
+        family_settings(name)  # fail early on an unknown family
     shared = resolve_shared(shared_data, source)
-    specs = [CaseSpec(f"{first_case + i:04d}", i, source, family) for i in range(n_cases)]
+    specs = [
+        CaseSpec(f"{first_case + i:04d}", i, source, families[i % len(families)]) for i in range(n_cases)
+    ]
     return generate_cases(Path(out), specs, seed, config, shared)
 
 

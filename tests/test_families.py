@@ -236,3 +236,21 @@ def test_standard_set_end_to_end_small_grid(tmp_path):
         assert meta["split"] == split["cases"][rec.case]["split"]
     dataset = json.loads((tmp_path / "ReMIND2Reg_dataset.json").read_text())
     assert dataset["numRegistration_val"] == sum(2 if r.has_t2 else 1 for r in records) >= 24
+
+
+def test_several_families_are_given_to_the_cases_in_turn(tmp_path):
+    """``synth --family A B`` (the demo's one case per family): case i gets family i mod 2."""
+    records = generate_dataset(
+        tmp_path,
+        n_cases=3,
+        seed=0,
+        config=SynthConfig(grid=32, fov_mm=96.0),
+        shared_data=NO_SHARED,
+        family=["pre-resection", "weak-contrast"],
+    )
+    assert [r.family for r in records] == ["pre-resection", "weak-contrast", "pre-resection"]
+    assert records[0].spacing_mm == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="no-such-family"):
+        generate_dataset(
+            tmp_path / "x", 1, config=SynthConfig(grid=32), family=["pre-resection", "no-such-family"]
+        )

@@ -134,3 +134,19 @@ def test_official_aggregates_use_numpy_quantile():
     assert agg["mean"] == 3.0
     assert agg["30"] == pytest.approx(np.quantile(values, 0.3)) and agg["30"] == pytest.approx(2.2)
     assert agg["std"] == pytest.approx(np.std(values))
+
+
+def test_report_summary_counts_improved_and_worse_pairs():
+    from remind2reg.evaluation.evaluate import EvaluationReport, PairResult
+
+    def pair(case: str, before: float, after: float) -> PairResult:
+        return PairResult(f"{case}_0000<--{case}_0001", case, "ceT1", 3, before, after)
+
+    report = EvaluationReport([pair("0001", 4.0, 2.0), pair("0002", 2.0, 2.0), pair("0003", 2.0, 3.0)])
+    assert report.summary() == (
+        "Summary: mean TRE 2.67 -> 2.33 mm (-12 %), 1 of 3 pairs improved, 1 made worse"
+    )
+    # landmarks already on each other: no relative change to print, and no division by zero
+    assert EvaluationReport([pair("0004", 0.0, 0.0)]).summary() == (
+        "Summary: mean TRE 0.00 -> 0.00 mm, 0 of 1 pairs improved, 0 made worse"
+    )
