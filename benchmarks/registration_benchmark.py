@@ -132,6 +132,47 @@ def method_command(
     return cmd
 
 
+SETTINGS_FILE = "settings.json"
+
+
+def method_settings(method: str, config: Path | None) -> dict:
+    """What a method's results depend on besides the code: its name and its effective settings.
+
+    Our pipeline methods: the whole resolved :class:`RegistrationConfig` (defaults included, so
+    a change of a default shows); ``niftyreg-*``: its ``[affine.aladin]`` settings, all it
+    reads; ``identity``: nothing; peers: their preset and config file text.
+    """
+    from remind2reg.inference.config import RegistrationConfig
+
+    name, _, preset = method.partition("@")
+    if config is None and preset and not method.startswith("peer:"):
+        config = REPO / "configs" / f"{preset}.toml"
+    if method.startswith("peer:"):
+        return {"method": method, "config": config.read_text() if config else None}
+    settings = (RegistrationConfig.from_file(config) if config else RegistrationConfig()).to_dict()
+    if name == "identity":
+        return {"method": name}
+    if name.startswith("niftyreg-"):
+        return {"method": name, "aladin": settings["affine"]["aladin"]}
+    return {"method": name, "settings": settings}
+
+
+def retire_stale(mdir: Path, settings: dict) -> None:
+    """Move results made under other settings aside (``stale-<time>/``) instead of reusing them."""
+    recorded = _read_json(mdir / SETTINGS_FILE, None)
+    current = json.loads(json.dumps(settings, default=str))
+    results = list(mdir.glob("disp_*.nii.gz"))
+    if results and recorded != current:  # no record at all: made by an older harness, unknown
+        stale = mdir / f"stale-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        stale.mkdir()
+        for path in [*mdir.glob("disp_*.nii.gz"), mdir / "timings.json", mdir / CACHE_FILE]:
+            if path.exists():
+                os.replace(path, stale / path.name)
+        print(f"[{mdir.name}] settings changed since these results were made: moved to {stale.name}/, "
+              "running again", flush=True)  # fmt: skip
+    write_text_atomic(mdir / SETTINGS_FILE, json.dumps(current, indent=2, sort_keys=True))
+
+
 def write_pair_list(folder: Path, pairs: list[RegistrationPair]) -> Path:
     """A dataset json listing exactly ``pairs`` (absolute paths) as ``registration_val``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -545,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.methods:
         mdir = method_dir(args.results, m)
         mdir.mkdir(parents=True, exist_ok=True)
+        retire_stale(mdir, method_settings(m, configs.get(m)))
         done = set() if args.rerun else finished_pairs(mdir)
         todo = [p for p in pairs if p.output_name not in done]
         if todo and not args.no_run:

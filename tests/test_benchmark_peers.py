@@ -208,3 +208,29 @@ def test_harness_on_dask_gives_the_serial_table(tmp_path):
     assert strip == [
         {k: v for k, v in r.items() if k not in ("seconds", "peak_gib")} for r in tables[1]["rows"]
     ]
+
+
+def test_results_made_under_other_settings_are_moved_aside_not_reused(tmp_path, capsys):
+    harness = _load_harness()
+    mdir = tmp_path / "convex-adam"
+    mdir.mkdir()
+    (mdir / "disp_0001_0000_0001_0001.nii.gz").write_bytes(b"old")
+    (mdir / "timings.json").write_text("{}")
+    default = harness.method_settings("convex-adam", None)
+    harness.retire_stale(mdir, default)  # fields without a settings record: of unknown settings
+    assert not (mdir / "disp_0001_0000_0001_0001.nii.gz").exists()
+    assert len(list(mdir.glob("stale-*/disp_0001_0000_0001_0001.nii.gz"))) == 1
+    (mdir / "disp_0001_0000_0001_0001.nii.gz").write_bytes(b"new")
+    harness.retire_stale(mdir, default)  # same settings: kept
+    assert (mdir / "disp_0001_0000_0001_0001.nii.gz").read_bytes() == b"new"
+    preset = harness.method_settings("convex-adam@niftyreg_plain", None)
+    assert preset != default and preset["settings"]["affine"]["aladin"]["use_masks"] is False
+    # methods that do not run the pipeline depend only on what they read
+    assert harness.method_settings("identity", None) == {"method": "identity"}
+    assert set(harness.method_settings("niftyreg-rigid", None)) == {"method", "aladin"}
+    import time
+
+    time.sleep(1.1)  # the stale folder is named by the second
+    harness.retire_stale(mdir, preset)
+    assert not (mdir / "disp_0001_0000_0001_0001.nii.gz").exists()
+    assert "settings changed" in capsys.readouterr().out
