@@ -69,8 +69,7 @@ def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list
             for name, t in options.items()
         }  # fmt: skip
         fields = {
-            name: embed_transforms((t,), sector.grid, fixed.vox2world)[0].field
-            for name, t in options.items()
+            name: embed_transforms((t,), sector.grid, fixed.vox2world)[0].field for name, t in options.items()
         }
         for p in (p for p in pairs if p.moving_name.modality in transform.modalities):
             fix = read_landmarks_csv(landmark_path(p.fixed, data), p.case)

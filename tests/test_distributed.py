@@ -154,7 +154,7 @@ def test_a_local_cluster_that_lost_all_its_workers_is_an_error_not_a_hang(tmp_pa
     module = tmp_path / "only_on_the_client.py"
     module.write_text("def task():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import only_on_the_client  # noqa: PLC0415 - imported here, then gone before a worker looks
+    import only_on_the_client  # imported here, then gone before a worker looks
 
     module.unlink()  # spawned workers inherit sys.path, so the file itself must go
     shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
