@@ -29,14 +29,10 @@ from remind2reg.inference.io.atomic import write_text_atomic
 from remind2reg.inference.io.dataset import find_pairs, landmark_path
 from remind2reg.inference.io.landmarks import read_landmarks_csv
 from remind2reg.inference.io.nifti import header_spacing, read_image
+from remind2reg.inference.pipeline import StageClock, propose
 from remind2reg.inference.settings import GuardSettings
-from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse
 from remind2reg.inference.stages.embedding import embed_transforms
-from remind2reg.inference.stages.features import extract_features
-from remind2reg.inference.stages.global_alignment import align_globally, header_alignment
-from remind2reg.inference.stages.guard import FULL, GLOBAL, IDENTITY, candidates, criterion
-from remind2reg.inference.stages.sector import find_sector
-from remind2reg.inference.stages.transforms import sequence_groups
+from remind2reg.inference.stages.guard import FULL, GLOBAL, IDENTITY, candidates, choose, criterion
 
 CRITERIA = {"nmi": GuardSettings(criterion="nmi"), "lc2": GuardSettings(criterion="lc2")}
 THRESHOLDS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02)
@@ -46,19 +42,11 @@ def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list
     """Per pair of a case: each candidate's criteria (summed over its group) and TRE."""
     fixed = read_image(pairs[0].fixed, pairs[0].case)
     moving = {p.moving_name.modality: read_image(p.moving, p.case) for p in pairs}
-    device = torch.device("cpu")
-    sector = find_sector(fixed, config.working_spacing_mm, config.crop_margin_mm)
-    case = extract_features(fixed, moving, sector, config.mind, device)
-    groups = sequence_groups(tuple(moving), config.fusion)
-    if config.affine.method == "none":
-        aligned = header_alignment(case, groups)
-    else:
-        aligned = align_globally(fixed, moving, case, sector, groups, config.affine, config.mind)
-    features, mask = aligned.case.features, case.images.mask
-    estimates = convex_estimates(features, mask, aligned.alignments, config.fusion, config.convex)
-    estimates = adam_estimates(features, mask, estimates, config.adam)
+    # the pipeline's own stages up to the guard (refinement included when configured)
+    proposal = propose(fixed, moving, config, torch.device("cpu"), StageClock())
+    case, sector = proposal.case, proposal.sector
     rows = []
-    for transform in fuse(aligned.alignments, estimates, config.fusion):
+    for transform in proposal.transforms:
         options = dict(candidates(transform))
         scores = {
             name: {
@@ -83,15 +71,9 @@ def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list
 
 
 def decide(row: dict, crit: str, threshold: float) -> str:
-    """The guard's rule on one pair's stored scores."""
-    chosen = IDENTITY
-    for name in (GLOBAL, FULL):
-        if (
-            name in row["scores"]
-            and not (row["scores"][name][crit] - row["scores"][chosen][crit]) <= threshold
-        ):
-            chosen = name
-    return chosen
+    """The guard's rule (:func:`~remind2reg.inference.stages.guard.choose`) on one pair's stored scores."""
+    totals = [(n, row["scores"][n][crit]) for n in (IDENTITY, GLOBAL, FULL) if n in row["scores"]]
+    return choose(totals, threshold)
 
 
 def table(rows: list[dict]) -> str:

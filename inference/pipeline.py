@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -24,12 +25,12 @@ from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.base import MethodResult
 from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse, zero_fields
 from remind2reg.inference.stages.embedding import embed_transforms
-from remind2reg.inference.stages.features import extract_features
+from remind2reg.inference.stages.features import WorkingCase, extract_features
 from remind2reg.inference.stages.global_alignment import align_globally, header_alignment
 from remind2reg.inference.stages.guard import guard
 from remind2reg.inference.stages.refinement import refine_transforms
-from remind2reg.inference.stages.sector import find_sector
-from remind2reg.inference.stages.transforms import sequence_groups
+from remind2reg.inference.stages.sector import Sector, find_sector
+from remind2reg.inference.stages.transforms import GroupTransform, sequence_groups
 
 T = TypeVar("T")
 
@@ -57,22 +58,25 @@ def case_name(fixed: Image) -> str:
         return fixed.path.name
 
 
-def run_pipeline(
+@dataclass(frozen=True)
+class Proposal:
+    """What the stages before the guard propose for one case (the guard's input)."""
+
+    sector: Sector
+    case: WorkingCase  # features of the US and of the MR as given (the guard judges on these)
+    transforms: tuple[GroupTransform, ...]
+    notes: dict[str, object]
+
+
+def propose(
     fixed: Image,
     moving: Mapping[str, Image],
-    config: RegistrationConfig | None = None,
-    device: torch.device | str = "cpu",
+    cfg: RegistrationConfig,
+    device: torch.device,
+    clock: StageClock,
     sector_mask: NDArray[np.bool_] | None = None,
-) -> MethodResult:
-    """Register the MR sequences ``moving`` (e.g. ``{"0001": ceT1, "0002": T2}``) to the US ``fixed``.
-
-    ``sector_mask`` (full fixed grid) replaces the automatic US sector, e.g. to leave a region
-    without correspondence out. The fields map fixed to moving in fixed voxels:
-    ``warped(x) = moving(x + u(x))``.
-    """
-    cfg = config or RegistrationConfig()
-    device = torch.device(device)
-    clock = StageClock()
+) -> Proposal:
+    """The stages before the guard: sector, features, global stage, deformable, refinement."""
     case_id = case_name(fixed)
     sector = clock.run(
         "sector", find_sector, fixed, cfg.working_spacing_mm, cfg.crop_margin_mm, sector_mask, case_id
@@ -99,7 +103,28 @@ def run_pipeline(
         refined = clock.run("refine", refine_transforms, aligned.case.images, transforms, cfg.refine)
         transforms = refined.transforms
         notes.update(refined.notes())
-    checked = clock.run("guard", guard, case.images, transforms, cfg.guard, case=case_id)
-    notes.update(checked.notes())
-    fields = clock.run("embed", embed_transforms, checked.transforms, sector.grid, fixed.vox2world)
+    return Proposal(sector, case, transforms, notes)
+
+
+def run_pipeline(
+    fixed: Image,
+    moving: Mapping[str, Image],
+    config: RegistrationConfig | None = None,
+    device: torch.device | str = "cpu",
+    sector_mask: NDArray[np.bool_] | None = None,
+) -> MethodResult:
+    """Register the MR sequences ``moving`` (e.g. ``{"0001": ceT1, "0002": T2}``) to the US ``fixed``.
+
+    ``sector_mask`` (full fixed grid) replaces the automatic US sector, e.g. to leave a region
+    without correspondence out. The fields map fixed to moving in fixed voxels:
+    ``warped(x) = moving(x + u(x))``.
+    """
+    cfg = config or RegistrationConfig()
+    clock = StageClock()
+    proposal = propose(fixed, moving, cfg, torch.device(device), clock, sector_mask)
+    checked = clock.run(
+        "guard", guard, proposal.case.images, proposal.transforms, cfg.guard, case=case_name(fixed)
+    )
+    notes = {**proposal.notes, **checked.notes()}
+    fields = clock.run("embed", embed_transforms, checked.transforms, proposal.sector.grid, fixed.vox2world)
     return MethodResult(fields, clock.seconds, notes)

@@ -12,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from remind2reg.inference.affine.binaries import niftyreg_executable
 from remind2reg.inference.affine.niftyreg import (
+    crop_to,
     downsample,
     read_aladin_matrix,
     run_aladin,
@@ -137,3 +138,21 @@ def test_reg_aladin_recovers_a_known_transform(name, truth, rigid_only):
     result = run_aladin(fixed, moving, settings=settings)
     assert _max_error_mm(result.fixed2moving_world, truth, fixed) < 0.5, name
     assert _max_error_mm(np.eye(4), truth, fixed) > 3.0  # the test transform is not trivial
+
+
+def test_crop_to_keeps_every_voxel_at_its_world_position():
+    """Crop voxel v is image voxel lo + v, so crop2world = image_vox2world @ T(lo)."""
+    rng = np.random.default_rng(0)
+    vox2world = np.array([[0.0, 0.5, 0.0, 10.0], [0.7, 0.0, 0.0, -3.0], [0.0, 0.0, -0.9, 4.0], [0, 0, 0, 1]])
+    image = Image(rng.random((20, 18, 16)).astype(np.float32), vox2world)
+    mask = np.zeros(image.shape, np.float32)
+    mask[6:9, 5:12, 10:11] = 1
+    crop = crop_to(image, Image(mask, vox2world), margin=2)
+    assert crop.shape == (7, 11, 5)  # box 6..8, 5..11, 10..10 plus 2 voxels, clipped at 15
+    v = np.array([[0, 0, 0], [6, 10, 4], [3, 2, 1]])
+    lo = np.array([4, 3, 8])
+    np.testing.assert_allclose(apply_affine(crop.vox2world, v), apply_affine(vox2world, v + lo))
+    for a, b in zip(v, v + lo, strict=True):
+        assert crop.array[tuple(a)] == image.array[tuple(b)]
+    empty = crop_to(image, Image(np.zeros(image.shape, np.float32), vox2world))
+    assert empty is image  # nothing to crop to: the image as given

@@ -17,6 +17,7 @@ input alignment is kept): it is written to ``timings.json`` and the QC report.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -79,25 +80,32 @@ def candidates(t: GroupTransform) -> list[tuple[str, GroupTransform]]:
     return out
 
 
+def choose(totals: Sequence[tuple[str, float]], min_gain: float) -> str:
+    """The guard's rule on each candidate's criterion (summed over its sequences), simplest
+    first: a candidate replaces the one chosen so far when it raises the criterion by more than
+    ``min_gain``. A NaN gain (too few voxels to judge) keeps the more complex candidate: the
+    guard only overrules the optimiser on evidence."""
+    chosen, chosen_total = totals[0]
+    for name, total in totals[1:]:
+        if not (total - chosen_total) <= min_gain:
+            chosen, chosen_total = name, total
+    return chosen
+
+
 def _decide(
     images: WorkingImages, t: GroupTransform, settings: GuardSettings
 ) -> tuple[str, GroupTransform, dict[str, list[float]]]:
     """The candidate kept for one group, and every candidate's score by sequence."""
-    scores: dict[str, list[float]] = {}
-    chosen, chosen_total = None, 0.0
-    for name, candidate in candidates(t):
-        field = None if name == IDENTITY else candidate.total_field()
-        values = [criterion(images, mod, field, settings) for mod in t.modalities]
-        scores[name] = values
-        total = 0.0
-        for v in values:
-            total = total + v
-        # A NaN gain (too few voxels to judge) keeps the more complex candidate: the guard
-        # only overrules the optimiser on evidence.
-        if chosen is None or not (total - chosen_total) <= settings.min_gain:
-            chosen, chosen_total = (name, candidate), total
-    assert chosen is not None
-    return chosen[0], chosen[1], scores
+    options = candidates(t)
+    scores = {
+        name: [
+            criterion(images, mod, None if name == IDENTITY else c.total_field(), settings)
+            for mod in t.modalities
+        ]
+        for name, c in options
+    }
+    name = choose([(n, sum(v, 0.0)) for n, v in scores.items()], settings.min_gain)
+    return name, dict(options)[name], scores
 
 
 @torch.no_grad()
