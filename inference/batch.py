@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.device import set_deterministic_algorithms
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.atomic import atomic_path, remove_stale_partials
 from remind2reg.inference.io.cases import load_fixed, load_moving
@@ -124,11 +125,11 @@ def seeded(seed: int, device: str) -> Iterator[None]:
     np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global generator any library may use
     torch.manual_seed(seed)
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device == "cpu" or previous)
+    set_deterministic_algorithms(device == "cpu" or previous)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        set_deterministic_algorithms(previous)
 
 
 @dataclass

@@ -25,3 +25,21 @@ def resolve_device(requested: str) -> str:
         raise Remind2RegError("--device cuda was requested but no CUDA device is available")
     log.warning("No CUDA device available: running on the CPU")
     return "cpu"
+
+
+def set_deterministic_algorithms(mode: bool) -> None:
+    """Make torch's operations deterministic (``mode=True``) or not.
+
+    The same switch as ``torch.use_deterministic_algorithms(mode)``, without that function's
+    side job of configuring the Inductor compiler, which imports ``torch._inductor`` and
+    ``torch._dynamo`` (about 2 s of a 15 s pair on 2 cores) for ``torch.compile``, which this
+    project does not use. Where torch no longer has the inner switch, the public function is
+    called instead.
+    """
+    import torch
+
+    inner = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if inner is None:
+        torch.use_deterministic_algorithms(mode)
+    else:
+        inner(mode)

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from remind2reg import cli
 from remind2reg.cli import main
-from remind2reg.inference.batch import register_folder
+from remind2reg.inference.batch import register_folder, seeded
 from remind2reg.inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE
 from remind2reg.inference.io.nifti import Image, write_image
 from remind2reg.inference.methods.base import MethodResult
@@ -198,6 +198,19 @@ def test_same_input_and_seed_give_bit_identical_fields_on_cpu(tmp_path):
     assert arrays[0].tobytes() == arrays[1].tobytes()
     files = [gzip.decompress((tmp_path / r / "disp_0007_0000_0007_0001.nii.gz").read_bytes()) for r in "ab"]
     assert files[0] == files[1]
+    # the written files themselves too: no time stamp or name in the gzip header
+    assert (tmp_path / "a" / "disp_0007_0000_0007_0001.nii.gz").read_bytes() == (
+        tmp_path / "b" / "disp_0007_0000_0007_0001.nii.gz"
+    ).read_bytes()
+
+
+def test_seeded_turns_deterministic_algorithms_on_for_the_cpu_only_and_restores_them():
+    assert not torch.are_deterministic_algorithms_enabled()
+    with seeded(0, "cpu"):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+    with seeded(0, "cuda"):
+        assert not torch.are_deterministic_algorithms_enabled()
 
 
 class _GreedyMethod:
@@ -242,10 +255,11 @@ def test_unknown_policy_is_rejected(tmp_path):
 
 
 def test_no_partial_file_survives_a_crash_in_the_writer(three_cases, tmp_path, monkeypatch, caplog):
-    def crash(*args, **kwargs):
+    def crash(self, file_map, *args, **kwargs):  # the disk fills after the first bytes
+        file_map["image"].fileobj.write(b"\0" * 1000)
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(nib, "save", crash)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", crash)
     out = tmp_path / "out"
     assert register(three_cases, out) == EXIT_FAILURE
     assert "OSError: No space left on device" in caplog.text

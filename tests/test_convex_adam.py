@@ -62,6 +62,29 @@ def test_embed_maps_working_voxels_to_full_voxels_exactly():
     np.testing.assert_allclose(full[25:, 5, 5, 0], 18.0, atol=1e-6)  # ... and after it (last cell 9 * 2)
 
 
+@pytest.mark.parametrize(
+    ("lo", "factor", "shape", "full_shape"),
+    [
+        ((4, 2, 0), 2, (10, 8, 6), (30, 22, 14)),  # inside the grid
+        ((-3, 5, 7), 2, (12, 9, 8), (20, 30, 18)),  # crop leaves the grid before and after
+        ((2, 0, -1), (2, 1, 3), (9, 20, 6), (24, 19, 20)),  # a different integer step per axis
+    ],
+)
+def test_embed_integer_steps_agree_with_sampling_at_every_voxel(lo, factor, shape, full_shape):
+    """The upsampling path for integer steps against trilinear sampling at each full voxel."""
+    import torch
+
+    from remind2reg.inference.core.working_grid import WorkingGrid
+    from remind2reg.inference.stages.embedding import embed_integer, embed_sampled
+
+    grid = WorkingGrid(lo=lo, factor=factor, shape=shape, full_shape=full_shape)
+    disp = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
+    fast, reference = embed_integer(disp, grid), embed_sampled(disp, grid)
+    assert fast.shape == reference.shape == (*full_shape, 3)
+    assert fast.flags.f_contiguous and reference.flags.f_contiguous  # NIfTI's voxel order
+    np.testing.assert_allclose(fast, reference, atol=1e-4)
+
+
 def _rotation_about_centre(vox2world, shape, angles_deg, shift_mm) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 

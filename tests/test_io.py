@@ -130,6 +130,21 @@ def test_displacement_is_written_in_challenge_format(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("level", [0, 1, 6])
+def test_displacement_bytes_are_a_valid_gzip_and_identical_on_rerun(tmp_path, level):
+    """Any gzip level gives a .nii.gz that gzip and nibabel read back exactly; the gzip header
+    carries no time stamp or file name, so rewriting the same field gives the same bytes."""
+    disp = np.random.default_rng(1).normal(size=(*SHAPE, 3)).astype(np.float32)
+    first = write_displacement(tmp_path / "a" / "disp.nii.gz", disp, np.eye(4), SHAPE, compresslevel=level)
+    second = write_displacement(tmp_path / "b" / "disp.nii.gz", disp, np.eye(4), SHAPE, compresslevel=level)
+    assert first.read_bytes() == second.read_bytes()
+    raw = gzip.decompress(first.read_bytes())
+    assert len(raw) == 352 + disp.nbytes  # NIfTI-1 header + extension flags, then the voxels
+    np.testing.assert_array_equal(read_displacement(first, SHAPE), disp)
+    with pytest.raises(ValueError, match="compresslevel"):
+        write_displacement(tmp_path / "c.nii.gz", disp, np.eye(4), SHAPE, compresslevel=10)
+
+
 def test_invalid_displacement_leaves_no_file(tmp_path):
     disp = np.zeros((*SHAPE, 3))
     disp[1, 2, 3, 0] = np.nan
@@ -156,7 +171,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(nib, "save", boom)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", boom)  # what both .nii and .nii.gz writes call
     with pytest.raises(OSError, match="disk full"):
         write_image(path, np.zeros(SHAPE), np.eye(4))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["img.nii.gz"]

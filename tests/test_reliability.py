@@ -71,6 +71,25 @@ def test_sector_does_not_assume_a_zero_background(background):
     assert (mask == inside).mean() > 0.995, background  # the ball, not the whole cube
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_sector_closing_on_the_bounding_box_equals_the_whole_grid(seed):
+    """The mask is closed and hole-filled on its bounding box only; the reference does it on
+    the whole grid (padded by 2, as before). Blobs with dark speckle and holes, one touching the
+    grid's border, one with an enclosed cavity and one with a notch open to the outside."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices((48, 44, 40)).astype(float)
+    centre = rng.uniform([10, 10, 10], [38, 34, 30]) if seed else np.array([2.0, 20.0, 38.0])
+    inside = ((idx - centre.reshape(3, 1, 1, 1)) ** 2).sum(0) < rng.uniform(8, 14) ** 2
+    inside &= ((idx - centre.reshape(3, 1, 1, 1)) ** 2).sum(0) > 3.0**2  # an enclosed cavity
+    inside[int(centre[0]) :, int(centre[1]), :] = False  # a notch open to the outside
+    volume = np.where(inside & (rng.random(inside.shape) > 0.05), 5.0 + rng.random(inside.shape), 0.0)
+    mask = volume != 0
+    reference = ndimage.binary_fill_holes(
+        ndimage.binary_closing(np.pad(mask, 2), iterations=2)[2:-2, 2:-2, 2:-2]
+    )
+    assert np.array_equal(sector_mask(volume.astype(np.float32)), reference)
+
+
 def test_us_with_a_constant_nonzero_background_is_registered_not_kept_silently(tmp_path, caplog):
     """Exports that write 1 outside the sector: the sector is found, and a US that truly fills the
     whole grid is said so in the log."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class Image:
         """Voxel size (mm) along the array axes."""
         return voxel_spacing(self.vox2world)
 
+
+DEFAULT_COMPRESSLEVEL = 1  # nibabel's own default for .nii.gz
 
 # Guards against corrupt headers: a real ReMIND2Reg image is 256^3 voxels.
 MAX_VOXELS = 1024**3
@@ -179,12 +182,29 @@ def header_spacing(path: str | Path) -> NDArray[np.float64]:
     return np.asarray(_load(Path(path), None).header.get_zooms()[:3], dtype=np.float64)
 
 
-def write_image(path: str | Path, array: NDArray, vox2world: NDArray, dtype: type = np.float32) -> Path:
-    """Write a NIfTI image atomically; sform and qform both carry ``vox2world``."""
+def write_image(
+    path: str | Path,
+    array: NDArray,
+    vox2world: NDArray,
+    dtype: type = np.float32,
+    compresslevel: int = DEFAULT_COMPRESSLEVEL,
+) -> Path:
+    """Write a NIfTI image atomically; sform and qform both carry ``vox2world``.
+
+    A ``.nii.gz`` is a gzip stream at ``compresslevel`` (0-9; 0 stores the bytes in deflate
+    blocks without compressing them: still a valid ``.nii.gz`` for every reader) whose header
+    has no file name and no time stamp, so the same image gives the same bytes on every run.
+    """
     path = Path(path)
+    if not 0 <= compresslevel <= 9:
+        raise ValueError(f"{path}: compresslevel must be 0-9, got {compresslevel}")
     img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(vox2world, dtype=np.float64))
     img.set_sform(np.asarray(vox2world), code=1)
     img.set_qform(np.asarray(vox2world), code=1)
     with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+        if path.name.endswith(".gz"):
+            with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", compresslevel, raw, mtime=0) as stream:
+                img.to_file_map({"image": nib.FileHolder(fileobj=stream)})
+        else:
+            nib.save(img, str(tmp))
     return path
