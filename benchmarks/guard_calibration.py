@@ -11,6 +11,11 @@ when its criterion gain exceeds the threshold. For each criterion and threshold 
 the mean TRE of the decisions, the pairs made worse than the input, and against the rule
 without a margin (threshold 0): the pairs a threshold saves (a harmful candidate refused) and
 the good results it throws away (a helpful candidate refused).
+
+``nmi-relative`` is the guard's relative margin (``[guard] relative_margin``): its thresholds
+are multiples ``k`` of an NMI jitter (the mean change of the NMI under 1-voxel shifts), not NMI
+units; ``nmi-relative-candidate`` takes the jitter at each candidate's own field,
+``nmi-relative-input`` at the input alignment (one jitter per pair).
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ from remind2reg.inference.io.nifti import header_spacing, read_image
 from remind2reg.inference.pipeline import StageClock, propose
 from remind2reg.inference.settings import GuardSettings
 from remind2reg.inference.stages.embedding import embed_transforms
-from remind2reg.inference.stages.guard import FULL, GLOBAL, IDENTITY, candidates, choose, criterion
+from remind2reg.inference.stages.guard import FULL, GLOBAL, IDENTITY, candidates, choose, criterion, jitter
 
 CRITERIA = {"nmi": GuardSettings(criterion="nmi"), "lc2": GuardSettings(criterion="lc2")}
 THRESHOLDS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02)
+RELATIVE = {  # the NMI with a margin in units of a jitter: where the jitter is taken
+    "nmi-relative-candidate": "candidate",
+    "nmi-relative-input": "input",
+}
+RELATIVE_THRESHOLDS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
 
 def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list[dict]:
@@ -56,6 +66,9 @@ def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list
             }
             for name, t in options.items()
         }  # fmt: skip
+        for name, t in options.items():
+            field = None if name == IDENTITY else t.total_field()
+            scores[name]["nmi_jitter"] = jitter(case.images, transform.modalities, field, CRITERIA["nmi"])
         fields = {
             name: embed_transforms((t,), sector.grid, fixed.vox2world)[0].field for name, t in options.items()
         }
@@ -72,8 +85,13 @@ def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list
 
 def decide(row: dict, crit: str, threshold: float) -> str:
     """The guard's rule (:func:`~remind2reg.inference.stages.guard.choose`) on one pair's stored scores."""
-    totals = [(n, row["scores"][n][crit]) for n in (IDENTITY, GLOBAL, FULL) if n in row["scores"]]
-    return choose(totals, threshold)
+    names = [n for n in (IDENTITY, GLOBAL, FULL) if n in row["scores"]]
+    if crit in RELATIVE:
+        totals = [(n, row["scores"][n]["nmi"]) for n in names]
+        at = {n: n if RELATIVE[crit] == "candidate" else IDENTITY for n in names}
+        jitters = {n: row["scores"][at[n]]["nmi_jitter"] for n in names if n != IDENTITY}
+        return choose(totals, 0.0, jitters, threshold)
+    return choose([(n, row["scores"][n][crit]) for n in names], threshold)
 
 
 def table(rows: list[dict]) -> str:
@@ -81,9 +99,12 @@ def table(rows: list[dict]) -> str:
         "| criterion | threshold | mean TRE | worse than input | saved vs 0 | thrown away vs 0 |",
         "|---|---|---|---|---|---|",
     ]
-    for crit in CRITERIA:
+    plans = [(c, THRESHOLDS) for c in CRITERIA]
+    if all("nmi_jitter" in r["scores"][IDENTITY] for r in rows):
+        plans += [(c, RELATIVE_THRESHOLDS) for c in RELATIVE]
+    for crit, thresholds in plans:
         base = [decide(r, crit, 0.0) for r in rows]
-        for t in THRESHOLDS:
+        for t in thresholds:
             chosen = [decide(r, crit, t) for r in rows]
             tre = [r["tre"][c] for r, c in zip(rows, chosen, strict=True)]
             worse = sum(r["tre"][c] > r["tre"][IDENTITY] for r, c in zip(rows, chosen, strict=True))

@@ -9,8 +9,9 @@ crop averaged down to about :data:`PMM_SPACING_MM` (at most :data:`PMM_MAX_SIDE`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +40,7 @@ class PairQC:
     pmm_before: float = float("nan")
     pmm_after: float = float("nan")
     fallback: str | None = None  # from timings.json, e.g. "identity"
+    guard: dict[str, Any] = field(default_factory=dict)  # from timings.json: decision, confidence, evidence
     error: str | None = None  # why the pair could not be drawn
 
     @property

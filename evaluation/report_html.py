@@ -21,6 +21,7 @@ def qc_json(pairs: list[PairQC]) -> dict:
             "tre_initial": qc.metrics.tre_initial if qc.metrics else None,
             "tre": qc.metrics.tre if qc.metrics else None,
             "fallback": qc.fallback,
+            "guard": qc.guard or None,
             "error": qc.error,
             "png": qc.png.name if qc.png else None,
         }
@@ -34,9 +35,23 @@ def _cell(value: float | None, fmt: str, css: str = "") -> str:
     return f'<td class="{css}">{value:{fmt}}</td>' if css else f"<td>{value:{fmt}}</td>"
 
 
+def guard_cell(guard: dict) -> str:
+    """The guard's verdict: the candidate kept, its NMI gain over the input alignment and, when
+    the relative margin measured it, that gain in units of the pair's jitter."""
+    if not guard.get("decision"):
+        return "<td>-</td>"
+    text = html.escape(str(guard["decision"]))
+    if "confidence" in guard:
+        text += f" ({float(guard['confidence']):+.4f}"
+        text += f", {float(guard['evidence']):.1f}x jitter)" if "evidence" in guard else ")"
+    css = ' class="bad"' if guard["decision"] != "full" else ""
+    return f"<td{css}>{text}</td>"
+
+
 HEAD = (
     "<tr><th>pair</th><th>MR</th><th>n</th><th>TRE0 mm</th><th>TRE mm</th><th>SDlogJ</th>"
-    "<th>fold %</th><th>s</th><th>PMM before</th><th>PMM after</th><th>note</th></tr>"
+    "<th>fold %</th><th>s</th><th>PMM before</th><th>PMM after</th><th>guard (NMI gain)</th>"
+    "<th>note</th></tr>"
 )
 STYLE = """body { font-family: sans-serif; margin: 1.5em; }
 table { border-collapse: collapse; font-size: 0.9em; }
@@ -65,6 +80,7 @@ def pair_row(qc: PairQC) -> str:
         + _cell(m.runtime_s if m else None, ".1f")
         + _cell(qc.pmm_before, ".3f")
         + _cell(qc.pmm_after, ".3f", pmm_css)
+        + guard_cell(qc.guard)
         + f'<td class="{"bad" if qc.error or qc.fallback else ""}">{note}</td></tr>'
     )
 
@@ -86,13 +102,13 @@ def aggregate_rows(pairs: list[PairQC]) -> list[str]:
         + _cell(agg.get("runtime_s", {}).get("mean"), ".1f")
         + _cell(pmm_b, ".3f")
         + _cell(pmm_a, ".3f")
-        + "<td></td></tr>"
+        + "<td></td><td></td></tr>"
     )
     tre30 = (
         "<tr class='agg'><td>TRE30 (0.3 quantile)</td><td></td><td></td>"
         + _cell(agg["TRE_initial"]["30"], ".3f")
         + _cell(agg["TRE_lm"]["30"], ".3f")
-        + "<td></td>" * 6
+        + "<td></td>" * 7
         + "</tr>"
     )
     return [mean, tre30]

@@ -288,7 +288,8 @@ class GuardSettings:
     The candidates, simplest first: the input alignment, the global transform alone (when a
     global stage ran), the whole result. A candidate replaces the simpler one chosen so far
     only when it raises ``criterion`` (measured on the MR as given, inside the sector; never
-    the similarity the optimisers minimised) by more than ``min_gain``.
+    the similarity the optimisers minimised) by more than ``min_gain`` and by more than
+    ``relative_margin`` times the pair's jitter (:func:`~remind2reg.inference.stages.guard.jitter`).
     """
 
     enabled: bool = True
@@ -299,11 +300,22 @@ class GuardSettings:
     # over between image contents, so it is an option (configs/guard_margin.toml), not the
     # default (docs/benchmark.md section 3).
     min_gain: float = 0.0
+    # Relative margin k: a candidate must also raise the criterion by more than k times the
+    # pair's jitter (the mean change of the criterion when the input alignment is shifted by
+    # jitter_voxels along each axis); 0 turns it off (configs/guard_plain.toml). Chosen on the
+    # tuning half (benchmarks/guard_calibration.py; docs/benchmark.md section 3): k = 1-5 make
+    # the same decisions there, 2 is kept from the first calibration (at each candidate's own
+    # field, where k = 1-3 tied); it keeps nearly aligned results that the deformable stage would
+    # move away, and unlike an absolute margin it refuses no case of MNI-template data.
+    relative_margin: float = 2.0
+    jitter_voxels: float = 1.0
     lc2_radius: int = 3  # LC2 patches of (2r+1)^3 working voxels
 
     def __post_init__(self) -> None:
         _one_of("criterion", self.criterion, GUARD_CRITERIA)
         _non_negative("min_gain", self.min_gain)
+        _non_negative("relative_margin", self.relative_margin)
+        _positive("jitter_voxels", self.jitter_voxels)
         _positive("lc2_radius", self.lc2_radius)
 
 

@@ -12,9 +12,13 @@ from remind2reg.inference.core.losses import normalised_mutual_information
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.settings import GuardSettings, MindSettings
 from remind2reg.inference.stages.features import extract_features
-from remind2reg.inference.stages.guard import guard
+from remind2reg.inference.stages.guard import choose, guard, jitter, jitter_shifts
 from remind2reg.inference.stages.sector import find_sector
 from remind2reg.inference.stages.transforms import Alignment, GroupTransform
+
+# The plain rule (any rise of the criterion is evidence), for the tests about which candidate the
+# criterion prefers; the default's relative margin has its own tests below.
+PLAIN = GuardSettings(relative_margin=0.0)
 
 
 def _volume(seed: int, shape=(40, 44, 36)) -> np.ndarray:
@@ -46,11 +50,11 @@ def test_guard_keeps_a_good_field_and_rejects_a_bad_one():
         0, 0
     ].numpy()  # fixed(x) = moving(x + u)
     images = _working_images(Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4)))
-    result = guard(images, (GroupTransform(Alignment(("0001",)), disp_true),))
+    result = guard(images, (GroupTransform(Alignment(("0001",)), disp_true),), PLAIN)
     kept, notes = result.transforms[0].disp, result.notes()
     assert torch.equal(kept, disp_true) and "fallback_0001" not in notes
     wrong = -3.0 * disp_true
-    result = guard(images, (GroupTransform(Alignment(("0001",)), wrong),))
+    result = guard(images, (GroupTransform(Alignment(("0001",)), wrong),), PLAIN)
     rejected, notes = result.transforms[0].disp, result.notes()
     assert float(rejected.abs().max()) == 0.0 and notes["fallback_0001"] is True
 
@@ -70,7 +74,7 @@ def test_guard_judges_the_affine_and_the_field_together():
         f2m = np.eye(4)
         f2m[0, 3] = 2.0 * sign  # world = voxels here (identity vox2world)
         alignment = Alignment(("0001",), f2m, np.linalg.inv(w) @ f2m @ w)  # vox2vox in working voxels
-        result = guard(images, (GroupTransform(alignment, zero),))
+        result = guard(images, (GroupTransform(alignment, zero),), PLAIN)
         affine, notes = result.transforms[0].alignment.fixed2moving_world, result.notes()
         assert (affine is not None) is keep and ("fallback_0001" not in notes) is keep
 
@@ -105,10 +109,83 @@ def test_guard_keeps_the_global_stage_when_the_field_after_it_harms(criterion):
     alignment = Alignment(("0001",), f2m, np.linalg.inv(w) @ f2m @ w)
     harmful = torch.zeros_like(shift)
     harmful[:, 1] = 3.0
-    settings = GuardSettings(criterion=criterion)
+    settings = GuardSettings(criterion=criterion, relative_margin=0.0)
     result = guard(images, (GroupTransform(alignment, harmful),), settings)
     kept = result.transforms[0]
     assert result.decisions["0001"] == "global stage" and kept.alignment.fixed2moving_world is not None
     assert float(kept.disp.abs().max()) == 0.0 and result.confidence["0001"] > 0
     result = guard(images, (GroupTransform(Alignment(("0001",)), shift),), settings)
     assert result.decisions["0001"] == "full" and torch.equal(result.transforms[0].disp, shift)
+
+
+def test_choose_with_a_relative_margin_needs_a_gain_above_k_jitters():
+    """The pure rule: a candidate replaces the simpler one only when its gain exceeds
+    max(min_gain, k * its jitter); k = 0 is the plain rule."""
+    totals = [("input alignment", 1.100), ("full", 1.106)]  # gain 0.006
+    jitters = {"full": 0.004}
+    assert choose(totals, 0.0) == "full"
+    assert choose(totals, 0.0, jitters, relative_margin=1.0) == "full"  # 0.006 > 0.004
+    assert choose(totals, 0.0, jitters, relative_margin=2.0) == "input alignment"  # 0.006 <= 0.008
+    assert choose(totals, 0.01, jitters, relative_margin=1.0) == "input alignment"  # the larger margin wins
+    with pytest.raises(ValueError, match="jitter"):
+        choose(totals, 0.0, None, relative_margin=1.0)
+
+
+def test_jitter_is_the_criterion_change_under_unit_shifts():
+    """Six shifts of one voxel; for structured images the NMI changes under them (jitter > 0),
+    for a constant MR it cannot (jitter 0)."""
+    assert sorted(jitter_shifts(1.0)) == sorted(
+        [(1.0, 0, 0), (-1.0, 0, 0), (0, 1.0, 0), (0, -1.0, 0), (0, 0, 1.0), (0, 0, -1.0)]
+    )
+    us_np = _volume(6) + 3.0
+    images = _working_images(Image(us_np, np.eye(4)), Image(np.exp(us_np), np.eye(4)))
+    settings = GuardSettings()
+    assert jitter(images, ("0001",), None, settings) > 0.01
+    flat = _working_images(Image(us_np, np.eye(4)), Image(np.full_like(us_np, 2.0), np.eye(4)))
+    assert jitter(flat, ("0001",), None, settings) == 0.0
+
+
+def test_default_guard_keeps_a_correct_result_on_an_exact_copy():
+    """An image and its shifted copy: the NMI peaks in a spike at the truth. The jitter is taken
+    at the input alignment, so the spike does not count against the correct result: corrections
+    of 1 and 3 voxels are kept, with their evidence (gain in jitters) in the notes."""
+    moving_np = _volume(2) + 3.0
+    for size in (1.0, 3.0):
+        shift = torch.zeros(1, 3, *moving_np.shape)
+        shift[:, 0] = size
+        fixed_np = warp(torch.from_numpy(moving_np)[None, None], shift)[
+            0, 0
+        ].numpy()  # fixed(x) = moving(x + s e_i)
+        images = _working_images(Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4)))
+        result = guard(images, (GroupTransform(Alignment(("0001",)), shift),))
+        assert result.decisions["0001"] == "full" and result.evidence["0001"] > 2.0, size
+        assert result.notes()["evidence_0001"] == round(result.evidence["0001"], 3)
+
+
+def _noisy_other_modality(moving_np: np.ndarray, size: float, seed: int) -> np.ndarray:
+    """fixed(x) = exp(moving(x + size e_0)) + noise: another contrast of the same anatomy, with
+    noise, so that the NMI has a rounded peak as between real MR and US."""
+    shift = torch.zeros(1, 3, *moving_np.shape)
+    shift[:, 0] = size
+    warped = np.exp(warp(torch.from_numpy(moving_np)[None, None], shift)[0, 0].numpy())
+    noise = np.random.default_rng(seed).normal(scale=0.5 * warped.std(), size=warped.shape)
+    return (warped + noise).astype(np.float32)
+
+
+def test_default_guard_keeps_a_clear_correction_and_refuses_a_sub_voxel_one():
+    """The default (relative margin 2): correcting a 3-voxel shift between two noisy contrasts
+    gains more than twice the change under 1-voxel shifts (kept, evidence > 2); correcting half
+    a voxel gains less (the input alignment is kept, evidence 0), as the plain rule would not."""
+    moving_np = _volume(2) + 3.0
+    decisions = {}
+    for size in (3.0, 0.5):
+        fixed_np = _noisy_other_modality(moving_np, size, seed=7)
+        images = _working_images(Image(fixed_np, np.eye(4)), Image(moving_np, np.eye(4)))
+        shift = torch.zeros(1, 3, *moving_np.shape)
+        shift[:, 0] = size
+        transforms = (GroupTransform(Alignment(("0001",)), shift),)
+        decisions[size] = guard(images, transforms)
+        assert guard(images, transforms, PLAIN).decisions["0001"] == "full"
+    assert GuardSettings().relative_margin == 2.0
+    assert decisions[3.0].decisions["0001"] == "full" and decisions[3.0].evidence["0001"] > 2.0
+    assert decisions[0.5].decisions["0001"] == "input alignment" and decisions[0.5].evidence["0001"] == 0.0

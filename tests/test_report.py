@@ -76,8 +76,17 @@ def test_report_table_uses_the_evaluator_numbers(shifted_case, tmp_path):
     root, pred = shifted_case
     write_displacement(pred / "disp_0001_0000_0001_0002.nii.gz", np.zeros((*SHAPE, 3)), VOX2WORLD, SHAPE)
     (pred / "timings.json").write_text(
-        json.dumps({"pairs": {"disp_0001_0000_0001_0002.nii.gz": {"total_s": 1.5, "fallback": "identity"}}})
-    )
+        json.dumps(
+            {
+                "pairs": {
+                    "disp_0001_0000_0001_0001.nii.gz": {
+                        "total_s": 2.0, "decision": "full", "confidence": 0.0123, "evidence": 4.56,
+                    },
+                    "disp_0001_0000_0001_0002.nii.gz": {"total_s": 1.5, "fallback": "identity"},
+                }
+            }
+        )
+    )  # fmt: skip
     result = build_report(root, pred, tmp_path / "report", ("0001", "0002"))
     assert result.ok
     expected = {p.key: p for p in evaluate(root, pred).pairs}
@@ -90,6 +99,14 @@ def test_report_table_uses_the_evaluator_numbers(shifted_case, tmp_path):
     assert t2.pmm_after == pytest.approx(t2.pmm_before)  # zero field: nothing moves
     page = (tmp_path / "report" / "index.html").read_text()
     assert "fallback: identity" in page and "TRE30" in page
+    assert "full (+0.0123, 4.6x jitter)" in page  # the guard's verdict, from timings.json
+    qc = json.loads((tmp_path / "report" / "qc.json").read_text())
+    assert qc["0001_0000<--0001_0001"]["guard"] == {
+        "decision": "full",
+        "confidence": 0.0123,
+        "evidence": 4.56,
+    }
+    assert qc["0001_0000<--0001_0002"]["guard"] is None
     assert f"{expected['0001_0000<--0001_0002'].tre_initial:.3f}" in page
 
 

@@ -103,6 +103,19 @@ def fallbacks(folder: Path) -> dict[str, str]:
     return {name: str(e["fallback"]) for name, e in pair_entries(folder).items() if e.get("fallback")}
 
 
+GUARD_NOTES = ("decision", "confidence", "evidence")  # the guard's per-pair verdict (stages/guard.py)
+
+
+def guard_notes(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{output name: {decision, confidence, evidence}}`` for the pairs whose entry has any."""
+    out = {}
+    for name, entry in pair_entries(folder).items():
+        notes = {k: entry[k] for k in GUARD_NOTES if k in entry}
+        if notes:
+            out[name] = notes
+    return out
+
+
 def merge_timings(target: Path, source: Path, names: list[str]) -> None:
     """Copy the entries ``names`` (and the run metadata) of ``source``'s timings into ``target``'s."""
     meta, pairs = read_timings(target)
