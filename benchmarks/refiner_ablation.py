@@ -3,7 +3,7 @@
     python benchmarks/refiner_ablation.py --data data/synth_shared [--max-cases 8] [--tto-steps 50]
 
 For each case the convex-Adam stages run once (the default :class:`RegistrationConfig`: no affine
-stage, joint fusion, so ceT1 and T2 share one field); every variant then starts from that same working-grid
+stage, one field shared by ceT1 and T2); every variant then starts from that same working-grid
 field, goes through the NMI guard like the pipeline does, and is embedded on the full grid and
 scored on the landmarks with the challenge's metrics (TRE mm, SDlogJ, folding %). The shared
 field is refined with the ceT1 as the moving image (the T2 where there is no ceT1).
@@ -76,7 +76,7 @@ def run_case(config: RegistrationConfig, case_pairs: list, data: Path, tto_steps
     mask = case.images.mask
     estimates = convex_estimates(case.features, mask, aligned.alignments, config.fusion, config.convex)
     estimates = adam_estimates(case.features, mask, estimates, config.adam)
-    (base,) = fuse(aligned.alignments, estimates, config.fusion)  # joint fusion: one field for the case
+    (base,) = fuse(aligned.alignments, estimates, config.fusion)  # one field shared by the case
     base_s = time.perf_counter() - t0
     ref_mod = base.modalities[0]  # ceT1 when present, as in the pipeline
     # Landmarks (voxels of each image) and the initial TRE do not depend on the variant.

@@ -5,7 +5,7 @@ code). A config file may give any subset; unknown keys, wrong types and out-of-r
 are errors that name the key path (``config.convex.levels[0].grid_sp``). Example (TOML)::
 
     working_spacing_mm = 1.0
-    fusion = "joint"
+    fusion = "primary"
     [mind]
     radius = 1
     dilation = 2
@@ -51,9 +51,11 @@ from remind2reg.inference.settings import (
 class RegistrationConfig:
     working_spacing_mm: float = 1.0  # images are averaged down to this spacing
     crop_margin_mm: float = 12.0  # margin around the US sector's bounding box
-    # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO). "max" was best on the tuning
-    # half with the search, a candidate that lost the held-out half (docs/benchmark.md).
-    fusion: str = "joint"
+    # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO) | primary (one field from
+    # ceT1 alone, shared with T2). "primary" won the tuning half against joint, max and none
+    # (3.21 / 3.57 / 4.24 / 3.73 mm) and agrees with real pairs (ceT1 alone 1.42 mm, joint 1.67
+    # mm on the nearly aligned one, REFERENCE section 6); docs/benchmark.md section 2.
+    fusion: str = "primary"
     guard: GuardSettings = field(default_factory=GuardSettings)  # keep the input alignment unless ...
     deformable: bool = True  # False: the affine stage alone (e.g. --method blockmatch-rigid)
     affine: AffineStageSettings = field(default_factory=AffineStageSettings)

@@ -25,7 +25,7 @@ METHODS: tuple[str, ...] = (
     "blockmatch-affine",
 )
 #: How ceT1 and T2 are combined: separately, one joint cost, or fields fused by mean / max.
-FUSIONS: tuple[str, ...] = ("none", "joint", "mean", "max")
+FUSIONS: tuple[str, ...] = ("none", "joint", "mean", "max", "primary")
 #: Engines of the global (rigid/affine) stage; "none" keeps the header alignment.
 AFFINE_METHODS: tuple[str, ...] = ("none", "blockmatch", "niftyreg", "search")
 #: Transform models of the global stage and of point-set fits.

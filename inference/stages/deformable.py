@@ -1,8 +1,10 @@
 """Stage 4, deformable: coupled convex optimisation, then Adam, fused across sequences.
 
 Estimates are made per source of features: one joint estimate from all sequences of a group
-(``fusion = "joint"``: one cost over the concatenated MIND features), or one per sequence
-(``"none"``, ``"mean"``, ``"max"``), which :func:`fuse` then combines into the group's field.
+(``fusion = "joint"``: one cost over the concatenated MIND features), one from the group's
+primary sequence alone (``"primary"``: ceT1 when the group has it, see :func:`primary_sequence`;
+its field is shared with T2), or one per sequence (``"none"``, ``"mean"``, ``"max"``), which
+:func:`fuse` then combines into the group's field.
 Fields are ``(1, 3, I, J, K)`` in working voxels, registered on the MR pre-warped by the
 group's alignment: fixed voxel ``x`` matches the pre-warped MR at ``x + d(x)``.
 """
@@ -28,10 +30,21 @@ class Estimate:
     disp: torch.Tensor
 
 
+def primary_sequence(modalities: tuple[str, ...]) -> str:
+    """The sequence a group is registered on under ``fusion = "primary"``: the lowest channel,
+    ``"0001"`` (ceT1) when present, else ``"0002"`` (T2)."""
+    if not modalities:
+        raise ValueError("primary_sequence: a group without sequences")
+    return min(modalities)
+
+
 def estimate_sources(alignments: tuple[Alignment, ...], fusion: str) -> tuple[tuple[str, ...], ...]:
-    """What each estimate sees: a whole group under joint fusion, else one sequence."""
+    """What each estimate sees: a whole group under joint fusion, its primary sequence under
+    primary fusion, else one sequence (one estimate per sequence)."""
     if fusion == "joint":
         return tuple(a.modalities for a in alignments)
+    if fusion == "primary":
+        return tuple((primary_sequence(a.modalities),) for a in alignments)
     return tuple((m,) for a in alignments for m in a.modalities)
 
 

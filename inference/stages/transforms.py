@@ -1,7 +1,7 @@
 """The transform of a group of moving sequences, as it passes from stage to stage.
 
 A *group* is the moving sequences (``"0001"`` ceT1, ``"0002"`` T2) that share one transform:
-both of them when they are fused (``fusion`` joint, mean or max), else one group per
+both of them when they are fused (``fusion`` joint, mean, max or primary), else one group per
 sequence. This explicit sharing replaces any bookkeeping of which tensors are the same object.
 
 Direction (working voxels, fixed -> moving): fixed working voxel ``x`` is matched with the
