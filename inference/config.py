@@ -5,7 +5,7 @@ code). A config file may give any subset; unknown keys, wrong types and out-of-r
 are errors that name the key path (``config.convex.levels[0].grid_sp``). Example (TOML)::
 
     working_spacing_mm = 1.0
-    fusion = "primary"
+    fusion = "joint"
     [mind]
     radius = 1
     dilation = 2
@@ -52,10 +52,10 @@ class RegistrationConfig:
     working_spacing_mm: float = 1.0  # images are averaged down to this spacing
     crop_margin_mm: float = 12.0  # margin around the US sector's bounding box
     # ceT1 + T2: none | joint (one cost over both) | mean | max (MCBO) | primary (one field from
-    # ceT1 alone, shared with T2). "primary" won the tuning half against joint, max and none
-    # (3.21 / 3.57 / 4.24 / 3.73 mm) and agrees with real pairs (ceT1 alone 1.42 mm, joint 1.67
-    # mm on the nearly aligned one, REFERENCE section 6); docs/benchmark.md section 2.
-    fusion: str = "primary"
+    # ceT1 alone, shared with T2). "primary" won the tuning half (3.21 against 3.57 mm) and lost
+    # the held-out half (3.79 against 3.18 mm, 4 of 17 pairs made worse), so "joint" stays
+    # (docs/benchmark.md section 3).
+    fusion: str = "joint"
     guard: GuardSettings = field(default_factory=GuardSettings)  # keep the input alignment unless ...
     deformable: bool = True  # False: the affine stage alone (e.g. --method blockmatch-rigid)
     affine: AffineStageSettings = field(default_factory=AffineStageSettings)
