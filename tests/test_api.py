@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -49,6 +53,18 @@ def test_register_gives_the_cli_field_bit_for_bit(case_folder, tmp_path):
     np.testing.assert_array_equal(result.fixed_vox2world, images["0000"].affine)
     assert {"sector", "features", "convex", "adam", "guard", "embed"} <= set(result.stages)
     assert np.array_equal(np.asarray(result.to_nifti("T2").dataobj), result.fields["T2"])
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "AUTO,STRICT"), ("COMPATIBLE", "COMPATIBLE")])
+def test_importing_the_package_pins_mkl_to_alignment_independent_results(given, expected):
+    """The bit-for-bit promise above needs MKL's conditional numerical reproducibility set before
+    torch first calls MKL; ``import remind2reg`` sets it and keeps a value the user chose."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if given is not None:
+        env["MKL_CBWR"] = given
+    code = "import os, remind2reg; print(os.environ['MKL_CBWR'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
 
 
 def test_register_takes_simpleitk_images_and_paths_alike(case_folder):
