@@ -49,7 +49,7 @@ from remind2reg.inference.stages.global_alignment import header_alignment
 from remind2reg.inference.stages.guard import guard
 from remind2reg.inference.stages.refinement import refine
 from remind2reg.inference.stages.sector import find_sector
-from remind2reg.inference.stages.transforms import sequence_groups
+from remind2reg.inference.stages.transforms import primary_sequence, sequence_groups
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("refiner_ablation")
@@ -78,7 +78,7 @@ def run_case(config: RegistrationConfig, case_pairs: list, data: Path, tto_steps
     estimates = adam_estimates(case.features, mask, estimates, config.adam)
     (base,) = fuse(aligned.alignments, estimates, config.fusion)  # one field shared by the case
     base_s = time.perf_counter() - t0
-    ref_mod = base.modalities[0]  # ceT1 when present, as in the pipeline
+    ref_mod = primary_sequence(base.modalities)  # ceT1 when present, as in the pipeline
     # Landmarks (voxels of each image) and the initial TRE do not depend on the variant.
     landmarks = []
     for pair in case_pairs:

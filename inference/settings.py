@@ -194,8 +194,8 @@ class AffineStageSettings:
     ``blockmatch``: MIND-SSC block matching + LTS; ``niftyreg``: ``reg_aladin`` with the
     organisers' settings; ``search``: multi-start rigid optimisation of the MIND similarity.
     One transform is shared by ceT1 and T2 unless ``fusion = "none"``: block matching then
-    matches their features jointly; ``reg_aladin`` and the search register the first moving
-    sequence (ceT1 when present).
+    matches their features jointly; ``reg_aladin`` and the search register the group's primary
+    sequence (ceT1 when present, ``stages.transforms.primary_sequence``).
     """
 
     # "none": the search won the tuning half of the standard set but lost the held-out half

@@ -12,10 +12,9 @@ from remind2reg.inference.stages.deformable import (
     convex_estimates,
     estimate_sources,
     fuse,
-    primary_sequence,
 )
 from remind2reg.inference.stages.features import Features
-from remind2reg.inference.stages.transforms import Alignment, sequence_groups
+from remind2reg.inference.stages.transforms import Alignment, primary_sequence, sequence_groups
 
 BOTH = ("0001", "0002")
 

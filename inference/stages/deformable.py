@@ -19,7 +19,7 @@ from remind2reg.inference.deformable.convex import convex_levels
 from remind2reg.inference.deformable.instance import instance_optimise
 from remind2reg.inference.settings import AdamSettings, ConvexSettings
 from remind2reg.inference.stages.features import Features
-from remind2reg.inference.stages.transforms import Alignment, GroupTransform
+from remind2reg.inference.stages.transforms import Alignment, GroupTransform, primary_sequence
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,6 @@ class Estimate:
 
     sources: tuple[str, ...]
     disp: torch.Tensor
-
-
-def primary_sequence(modalities: tuple[str, ...]) -> str:
-    """The sequence a group is registered on under ``fusion = "primary"``: the lowest channel,
-    ``"0001"`` (ceT1) when present, else ``"0002"`` (T2)."""
-    if not modalities:
-        raise ValueError("primary_sequence: a group without sequences")
-    return min(modalities)
 
 
 def estimate_sources(alignments: tuple[Alignment, ...], fusion: str) -> tuple[tuple[str, ...], ...]:

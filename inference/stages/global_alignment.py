@@ -30,7 +30,7 @@ from remind2reg.inference.stages.features import (
     mr_features,
 )
 from remind2reg.inference.stages.sector import Sector
-from remind2reg.inference.stages.transforms import Alignment
+from remind2reg.inference.stages.transforms import Alignment, primary_sequence
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def fixed2moving_world(
     """The global transform of one group by the configured engine."""
     if settings.method == "search":
         result = rigid_search(
-            case.features.us, case.images.mask, case.images.mr[group[0]],
+            case.features.us, case.images.mask, case.images.mr[primary_sequence(group)],
             sector.grid.vox2world(fixed.vox2world), mind, settings.search,
         )  # fmt: skip
         log.info(
@@ -85,7 +85,7 @@ def fixed2moving_world(
     from remind2reg.inference.affine.niftyreg import run_aladin  # needs the NiftyReg binaries
 
     aladin = replace(settings.aladin, rigid_only=settings.transform == "rigid")
-    return run_aladin(fixed, moving[group[0]], sector.mask, aladin).fixed2moving_world
+    return run_aladin(fixed, moving[primary_sequence(group)], sector.mask, aladin).fixed2moving_world
 
 
 @torch.no_grad()

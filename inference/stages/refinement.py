@@ -27,7 +27,7 @@ from remind2reg.inference.refinement.model import RefinerNet, normalise
 from remind2reg.inference.refinement.tto import autocast, load_refiner, optimise_residual
 from remind2reg.inference.settings import RefineSettings
 from remind2reg.inference.stages.features import WorkingImages
-from remind2reg.inference.stages.transforms import GroupTransform
+from remind2reg.inference.stages.transforms import GroupTransform, primary_sequence
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,11 @@ def refine(
 def refine_transforms(
     images: WorkingImages, transforms: tuple[GroupTransform, ...], settings: RefineSettings
 ) -> RefineResult:
-    """Refine each group's field on its first sequence (ceT1 when present); ``images.mr`` is
+    """Refine each group's field on its primary sequence (ceT1 when present); ``images.mr`` is
     the MR pre-warped by the global stage."""
     out, info = [], {}
     for t in transforms:
-        mod = t.modalities[0]
+        mod = primary_sequence(t.modalities)
         disp, info[mod] = refine(images.us, images.mr[mod], images.mask, t.disp, settings)
         out.append(replace(t, disp=disp))
     return RefineResult(tuple(out), info)

@@ -27,6 +27,16 @@ def sequence_groups(modalities: tuple[str, ...], fusion: str) -> tuple[tuple[str
     return tuple((m,) for m in modalities)
 
 
+def primary_sequence(modalities: tuple[str, ...]) -> str:
+    """The sequence that stands for a group where one must: the one the global search and
+    ``reg_aladin`` register, the learned refinement refines and ``fusion = "primary"``
+    estimates from. The lowest channel: ``"0001"`` (ceT1) when present, else ``"0002"`` (T2),
+    whatever order the group lists them in."""
+    if not modalities:
+        raise ValueError("primary_sequence: a group without sequences")
+    return min(modalities)
+
+
 @dataclass(frozen=True)
 class Alignment:
     """The global stage's result for one group.
