@@ -132,12 +132,14 @@ def test_our_convention_matches_reg_resample(tmp_path):
         ("affine", _transform((3.0, 2.0, -4.0), (-2.0, 1.0, 2.0), scale=(1.06, 0.95, 1.03)), False),
     ],
 )
-def test_reg_aladin_recovers_a_known_transform(name, truth, rigid_only):
+def test_reg_aladin_recovers_a_known_transform(name, truth, rigid_only, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # reg_aladin writes outputResult.nii.gz to the CWD unless told
     fixed, moving = _pair(truth)
     settings = AladinSettings(working_spacing_mm=1.0, rigid_only=rigid_only, levels=3, levels_to_perform=3)
     result = run_aladin(fixed, moving, settings=settings)
     assert _max_error_mm(result.fixed2moving_world, truth, fixed) < 0.5, name
     assert _max_error_mm(np.eye(4), truth, fixed) > 3.0  # the test transform is not trivial
+    assert list(tmp_path.iterdir()) == []  # nothing left in the working directory
 
 
 def test_crop_to_keeps_every_voxel_at_its_world_position():

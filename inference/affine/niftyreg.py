@@ -88,8 +88,9 @@ def crop_to(image: Image, mask: Image, margin: int = 4) -> Image:
     return Image(np.ascontiguousarray(image.array[box]), image.vox2world @ shift, image.path)
 
 
-def _run(cmd: list[str]) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True)
+def _run(cmd: list[str], cwd: Path) -> None:
+    """Run a NiftyReg command in ``cwd`` (its scratch folder), raising with its output's tail."""
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if result.returncode != 0:
         tail = (result.stdout + result.stderr)[-2000:]
         raise Remind2RegError(f"{Path(cmd[0]).name} failed (exit {result.returncode}): {tail}")
@@ -138,13 +139,26 @@ def run_aladin(
             moving_mask = Image((small_moving.array > 0).astype(np.float32), small_moving.vox2world)
             write_image(d / "moving_mask.nii.gz", moving_mask.array, moving_mask.vox2world, dtype=np.uint8)
             common += ["-fmask", str(d / "moving_mask.nii.gz")]
-        rigid = [aladin, *common, "-rigOnly", "-aff", str(d / "rigid.txt")]
-        _run(rigid)
+        # -res: reg_aladin always writes the resampled floating image, by default as
+        # outputResult.nii.gz in the working directory; keep it in the scratch folder.
+        rigid = [
+            aladin,
+            *common,
+            "-rigOnly",
+            "-aff",
+            str(d / "rigid.txt"),
+            "-res",
+            str(d / "rigid_res.nii.gz"),
+        ]
+        _run(rigid, d)
         commands.append(rigid)
         result = d / "rigid.txt"
         if not settings.rigid_only:
-            affine = [aladin, *common, "-inaff", str(d / "rigid.txt"), "-aff", str(d / "affine.txt")]
-            _run(affine)
+            affine = [
+                aladin, *common, "-inaff", str(d / "rigid.txt"), "-aff", str(d / "affine.txt"),
+                "-res", str(d / "affine_res.nii.gz"),
+            ]  # fmt: skip
+            _run(affine, d)
             commands.append(affine)
             result = d / "affine.txt"
         matrix = read_aladin_matrix(result)
