@@ -208,10 +208,12 @@ def test_a_nearly_aligned_case_starts_at_1_to_1_5_mm(tmp_path):
 
 
 @pytest.mark.parametrize("shared_mri", [True, False])
-def test_standard_set_split_has_both_halves_in_every_family(shared_mri):
-    specs = standard_specs(shared_mri)
-    assert len({s.case for s in specs}) == len(specs) == 18
-    assert sum(2 if s.has_t2 else 1 for s in specs) >= 24
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_standard_set_split_has_both_halves_in_every_family(shared_mri, repeats):
+    specs = standard_specs(shared_mri, repeats)
+    assert len({s.case for s in specs}) == len(specs) == 18 * repeats
+    assert len({s.index for s in specs}) == len(specs)  # every case its own random stream
+    assert sum(2 if s.has_t2 else 1 for s in specs) == 31 * repeats
     for family in REALISTIC_FAMILIES:
         halves = {s.split for s in specs if s.family == family}
         assert halves == {"tuning", "held-out"}, family
@@ -225,9 +227,16 @@ def test_standard_set_split_has_both_halves_in_every_family(shared_mri):
         assert len({s.split for s in specs if s.subject == subject}) == 1
 
 
+def test_standard_set_first_repeat_is_the_one_repeat_set():
+    """Earlier rounds' set (``--seed 0 --repeats 1``) stays reproducible inside larger sets."""
+    assert standard_specs(True, 2)[:18] == standard_specs(True, 1)
+    with pytest.raises(ValueError, match="repeats"):
+        standard_specs(True, 0)
+
+
 @pytest.mark.slow
 def test_standard_set_end_to_end_small_grid(tmp_path):
-    records = generate_standard_set(tmp_path, seed=0, shared_data=NO_SHARED, grid=32)
+    records = generate_standard_set(tmp_path, seed=0, shared_data=NO_SHARED, grid=32, repeats=1)
     split = json.loads((tmp_path / "split.json").read_text())
     assert len(split["tuning"]) + len(split["held-out"]) == len(records) == 18
     for rec in records:
