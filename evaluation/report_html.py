@@ -37,11 +37,16 @@ def _cell(value: float | None, fmt: str, css: str = "") -> str:
 
 def guard_cell(guard: dict) -> str:
     """The guard's verdict: the candidate kept, its NMI gain over the input alignment and, when
-    the relative margin measured it, that gain in units of the pair's jitter."""
+    the relative margin measured it, that gain in units of the pair's jitter; for a refused
+    result, what that result itself gained (the evidence the guard found too weak)."""
     if not guard.get("decision"):
         return "<td>-</td>"
     text = html.escape(str(guard["decision"]))
-    if "confidence" in guard:
+    refused = guard["decision"] != "full" and "result_gain" in guard
+    if refused:
+        text += f" (result refused: {float(guard['result_gain']):+.4f}"
+        text += f", {float(guard['result_evidence']):.1f}x jitter)" if "result_evidence" in guard else ")"
+    elif "confidence" in guard:
         text += f" ({float(guard['confidence']):+.4f}"
         text += f", {float(guard['evidence']):.1f}x jitter)" if "evidence" in guard else ")"
     css = ' class="bad"' if guard["decision"] != "full" else ""

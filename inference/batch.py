@@ -62,7 +62,13 @@ log = logging.getLogger(__name__)
 
 OnError = Literal["fail", "skip", "identity"]  # the names of settings.ON_ERROR_POLICIES
 TIMING_NOTES = ("sector_fraction",)  # notes of the method copied into each pair's timings entry
-PAIR_NOTES = ("confidence", "evidence", "decision")  # per-sequence notes ("<name>_<mod>") copied likewise
+PAIR_NOTES = (
+    "confidence",
+    "evidence",
+    "decision",
+    "result_gain",
+    "result_evidence",
+)  # per-sequence notes ("<name>_<mod>") copied likewise
 
 
 @dataclass(frozen=True)

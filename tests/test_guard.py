@@ -189,3 +189,11 @@ def test_default_guard_keeps_a_clear_correction_and_refuses_a_sub_voxel_one():
     assert GuardSettings().relative_margin == 2.0
     assert decisions[3.0].decisions["0001"] == "full" and decisions[3.0].evidence["0001"] > 2.0
     assert decisions[0.5].decisions["0001"] == "input alignment" and decisions[0.5].evidence["0001"] == 0.0
+    # what the refused result itself scored is kept for the report: its gain and that gain in
+    # jitters, below the margin of 2
+    refused = decisions[0.5]
+    before, after = refused.nmi["0001"]
+    assert refused.result_gain["0001"] == pytest.approx(after - before)
+    assert refused.result_evidence["0001"] < 2.0
+    assert refused.notes()["result_evidence_0001"] == round(refused.result_evidence["0001"], 3)
+    assert decisions[3.0].result_evidence["0001"] == pytest.approx(decisions[3.0].evidence["0001"])

@@ -110,6 +110,27 @@ def test_report_table_uses_the_evaluator_numbers(shifted_case, tmp_path):
     assert f"{expected['0001_0000<--0001_0002'].tre_initial:.3f}" in page
 
 
+def test_a_refused_result_shows_its_own_evidence_in_the_report():
+    """A pair kept at its input alignment shows what the refused result gained, not the +0 of
+    the input alignment over itself."""
+    from remind2reg.evaluation.report_html import guard_cell
+
+    refused = {
+        "decision": "input alignment", "confidence": 0.0, "evidence": 0.0,
+        "result_gain": 0.0031, "result_evidence": 0.62,
+    }  # fmt: skip
+    cell = guard_cell(refused)
+    assert "input alignment (result refused: +0.0031, 0.6x jitter)" in cell and 'class="bad"' in cell
+    kept = {
+        "decision": "full",
+        "confidence": 0.0123,
+        "evidence": 4.56,
+        "result_gain": 0.0123,
+        "result_evidence": 4.56,
+    }
+    assert "full (+0.0123, 4.6x jitter)" in guard_cell(kept)
+
+
 def test_det_j_plane_equals_the_whole_field_computation():
     rng = np.random.default_rng(1)
     disp = ndimage.gaussian_filter(rng.normal(size=(14, 16, 12, 3)), (2, 2, 2, 0)) * 4

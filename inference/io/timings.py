@@ -103,11 +103,12 @@ def fallbacks(folder: Path) -> dict[str, str]:
     return {name: str(e["fallback"]) for name, e in pair_entries(folder).items() if e.get("fallback")}
 
 
-GUARD_NOTES = ("decision", "confidence", "evidence")  # the guard's per-pair verdict (stages/guard.py)
+# the guard's per-pair verdict and what the whole result scored, kept or not (stages/guard.py)
+GUARD_NOTES = ("decision", "confidence", "evidence", "result_gain", "result_evidence")
 
 
 def guard_notes(folder: Path) -> dict[str, dict[str, Any]]:
-    """``{output name: {decision, confidence, evidence}}`` for the pairs whose entry has any."""
+    """``{output name: {note: value}}`` of :data:`GUARD_NOTES` for the pairs whose entry has any."""
     out = {}
     for name, entry in pair_entries(folder).items():
         notes = {k: entry[k] for k in GUARD_NOTES if k in entry}

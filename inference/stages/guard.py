@@ -54,6 +54,10 @@ class GuardResult:
     decisions: dict[str, str] = field(default_factory=dict)  # by sequence: the candidate kept
     confidence: dict[str, float] = field(default_factory=dict)  # by sequence: its group's gain
     evidence: dict[str, float] = field(default_factory=dict)  # by sequence: gain / jitter
+    # by sequence: the whole result's own gain and gain / jitter, kept or not (what a refusal
+    # weighed: the QC report shows it next to the verdict)
+    result_gain: dict[str, float] = field(default_factory=dict)
+    result_evidence: dict[str, float] = field(default_factory=dict)
 
     def notes(self) -> dict[str, object]:
         notes: dict[str, object] = {f"nmi_{mod}": value for mod, value in self.nmi.items()}
@@ -63,6 +67,10 @@ class GuardResult:
             notes[f"confidence_{mod}"] = round(self.confidence[mod], 6)
             if mod in self.evidence:
                 notes[f"evidence_{mod}"] = round(self.evidence[mod], 3)
+            if mod in self.result_gain:
+                notes[f"result_gain_{mod}"] = round(self.result_gain[mod], 6)
+            if mod in self.result_evidence:
+                notes[f"result_evidence_{mod}"] = round(self.result_evidence[mod], 3)
         if self.confidence:
             notes["confidence"] = round(min(self.confidence.values()), 6)
         if self.evidence:
@@ -179,13 +187,18 @@ def guard(
     if not settings.enabled:
         return GuardResult(transforms, {}, ())
     out, before_after, fallbacks, decisions, confidence, evidence = [], {}, [], {}, {}, {}
+    result_gain, result_evidence = {}, {}
     for t in transforms:
         name, kept, scores, jitters = _decide(images, t, settings)
         out.append(kept)
         gain = sum(scores[name]) - sum(scores[IDENTITY])
+        full_gain = sum(scores[FULL]) - sum(scores[IDENTITY])
         for i, mod in enumerate(t.modalities):
             before_after[mod] = (scores[IDENTITY][i], scores[FULL][i])
             decisions[mod], confidence[mod] = name, gain
+            result_gain[mod] = full_gain
+            if FULL in jitters:
+                result_evidence[mod] = full_gain / max(jitters[FULL], 1e-12)
             if name == IDENTITY:
                 evidence[mod] = 0.0
             elif name in jitters:
@@ -194,7 +207,6 @@ def guard(
             continue
         why = ""
         if FULL in jitters:
-            full_gain = sum(scores[FULL]) - sum(scores[IDENTITY])
             why = (
                 f"; the gain is {full_gain / max(jitters[FULL], 1e-12):.2f} times the change under "
                 f"{settings.jitter_voxels:g}-voxel shifts, more than {settings.relative_margin:g} is needed"
@@ -207,4 +219,13 @@ def guard(
             )  # fmt: skip
             if name == IDENTITY:
                 fallbacks.append(mod)
-    return GuardResult(tuple(out), before_after, tuple(fallbacks), decisions, confidence, evidence)
+    return GuardResult(
+        tuple(out),
+        before_after,
+        tuple(fallbacks),
+        decisions,
+        confidence,
+        evidence,
+        result_gain,
+        result_evidence,
+    )
