@@ -41,6 +41,7 @@ from remind2reg.inference.settings import (
     MindSettings,
     RefineSettings,
     SettingsError,
+    ShrinkSettings,
     _one_of,
     _positive,
     _require,
@@ -63,6 +64,7 @@ class RegistrationConfig:
     mind: MindSettings = field(default_factory=MindSettings)
     convex: ConvexSettings = field(default_factory=ConvexSettings)
     adam: AdamSettings = field(default_factory=AdamSettings)
+    shrink: ShrinkSettings = field(default_factory=ShrinkSettings)  # non-rigid part kept (1: all)
 
     def __post_init__(self) -> None:
         _positive("working_spacing_mm", self.working_spacing_mm)

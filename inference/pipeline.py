@@ -23,7 +23,7 @@ from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.dataset import ImageName
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.base import MethodResult
-from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse, zero_fields
+from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse, shrink, zero_fields
 from remind2reg.inference.stages.embedding import embed_transforms
 from remind2reg.inference.stages.features import WorkingCase, extract_features
 from remind2reg.inference.stages.global_alignment import align_globally, header_alignment
@@ -76,7 +76,8 @@ def propose(
     clock: StageClock,
     sector_mask: NDArray[np.bool_] | None = None,
 ) -> Proposal:
-    """The stages before the guard: sector, features, global stage, deformable, refinement."""
+    """The stages before the guard: sector, features, global stage, deformable (convex, Adam,
+    fusion, shrink toward rigid), refinement."""
     case_id = case_name(fixed)
     sector = clock.run(
         "sector", find_sector, fixed, cfg.working_spacing_mm, cfg.crop_margin_mm, sector_mask, case_id
@@ -96,6 +97,9 @@ def propose(
         )
         estimates = clock.run("adam", adam_estimates, features, mask, estimates, cfg.adam)
         transforms = fuse(aligned.alignments, estimates, cfg.fusion)
+        if cfg.shrink.residual_weight < 1.0:
+            working_vox2world = sector.grid.vox2world(fixed.vox2world)
+            transforms = clock.run("shrink", shrink, transforms, mask, working_vox2world, cfg.shrink)
     else:
         transforms = zero_fields(aligned.alignments, sector.grid.shape, device)
     notes: dict[str, object] = {**sector.notes(), "fusion": cfg.fusion, **aligned.notes()}

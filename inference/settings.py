@@ -277,6 +277,30 @@ class AdamSettings:
         _non_negative("squaring_steps", self.squaring_steps)
 
 
+@dataclass(frozen=True)
+class ShrinkSettings:
+    """The deformable field shrunk toward its rigid part (:mod:`~remind2reg.inference.stages.deformable`).
+
+    ``d' = r + residual_weight * (d - r)``, where ``r`` is the field of the least-trimmed-squares
+    rigid fit of ``d`` inside the sector (best ``inlier_fraction`` of the voxels, as MCPO's
+    projection): 1 keeps the field as estimated, 0 keeps its rigid part only. The non-rigid
+    part is where a field started at the truth wanders (docs/benchmark.md section 4).
+    """
+
+    residual_weight: float = 1.0
+    inlier_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.residual_weight <= 1.0,
+            f"residual_weight must be in [0, 1]; got {self.residual_weight!r}",
+        )
+        _require(
+            0.0 < self.inlier_fraction <= 1.0,
+            f"inlier_fraction must be in (0, 1]; got {self.inlier_fraction!r}",
+        )
+
+
 # -- guard -----------------------------------------------------------------------------------
 
 

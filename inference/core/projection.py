@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from remind2reg.inference.core.fields import affine_field
 from remind2reg.inference.core.pointfit import LtsFit, lts_fit
 from remind2reg.inference.geometry import apply_affine
 
@@ -46,3 +47,28 @@ def project_field(
     dst = src + u.double().cpu().numpy()
     w = np.asarray(working_vox2world, dtype=np.float64)
     return lts_fit(apply_affine(w, src), apply_affine(w, dst), transform, inlier_fraction, iterations)
+
+
+def shrink_toward_rigid(
+    disp: torch.Tensor,
+    mask: torch.Tensor,
+    working_vox2world: NDArray,
+    residual_weight: float,
+    inlier_fraction: float = 0.5,
+) -> torch.Tensor:
+    """``r + residual_weight * (disp - r)``: ``disp`` with its non-rigid part scaled.
+
+    ``r`` is the field of the rigid transform :func:`project_field` fits to ``disp`` over the
+    voxels where ``mask > 0`` (least trimmed squares, in world mm, so that anisotropic working
+    voxels stay rigid in mm). ``disp`` ``(1, 3, I, J, K)`` working voxels, fixed -> moving;
+    ``residual_weight`` 1 returns ``disp`` itself, 0 the rigid field alone.
+    """
+    if not 0.0 <= residual_weight <= 1.0:
+        raise ValueError(f"residual_weight must lie in [0, 1], got {residual_weight}")
+    if residual_weight == 1.0:
+        return disp
+    w = np.asarray(working_vox2world, dtype=np.float64)
+    fit = project_field(disp, mask, w, "rigid", inlier_fraction)
+    vox2vox = np.linalg.inv(w) @ fit.matrix @ w  # working voxels: x -> W^-1 M W x
+    rigid = affine_field(vox2vox, tuple(disp.shape[2:]), disp.device).to(disp.dtype)  # type: ignore[arg-type]
+    return rigid + residual_weight * (disp - rigid)

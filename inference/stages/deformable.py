@@ -1,4 +1,5 @@
-"""Stage 4, deformable: coupled convex optimisation, then Adam, fused across sequences.
+"""Stage 4, deformable: coupled convex optimisation, then Adam, fused across sequences, then
+each group's field shrunk toward its rigid part (``[shrink]``, off at ``residual_weight = 1``).
 
 Estimates are made per source of features: one joint estimate from all sequences of a group
 (``fusion = "joint"``: one cost over the concatenated MIND features), one from the group's
@@ -14,10 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from numpy.typing import NDArray
 
+from remind2reg.inference.core.projection import shrink_toward_rigid
 from remind2reg.inference.deformable.convex import convex_levels
 from remind2reg.inference.deformable.instance import instance_optimise
-from remind2reg.inference.settings import AdamSettings, ConvexSettings
+from remind2reg.inference.settings import AdamSettings, ConvexSettings, ShrinkSettings
 from remind2reg.inference.stages.features import Features
 from remind2reg.inference.stages.transforms import Alignment, GroupTransform, primary_sequence
 
@@ -90,6 +93,25 @@ def fuse(
             )
         out.append(GroupTransform(alignment, disp))
     return tuple(out)
+
+
+def shrink(
+    transforms: tuple[GroupTransform, ...],
+    mask: torch.Tensor,
+    working_vox2world: NDArray,
+    settings: ShrinkSettings,
+) -> tuple[GroupTransform, ...]:
+    """Each group's deformable field ``d`` (after its alignment) as ``r + w (d - r)``, ``r`` its
+    rigid part inside the sector (:func:`~remind2reg.inference.core.projection.shrink_toward_rigid`)."""
+    return tuple(
+        replace(
+            t,
+            disp=shrink_toward_rigid(
+                t.disp, mask, working_vox2world, settings.residual_weight, settings.inlier_fraction
+            ),
+        )
+        for t in transforms
+    )
 
 
 def zero_fields(
