@@ -135,12 +135,15 @@ def method_command(
 SETTINGS_FILE = "settings.json"
 
 
-def method_settings(method: str, config: Path | None) -> dict:
+def method_settings(method: str, config: Path | None, modalities: str = "both") -> dict:
     """What a method's results depend on besides the code: its name and its effective settings.
 
     Our pipeline methods: the whole resolved :class:`RegistrationConfig` (defaults included, so
-    a change of a default shows); ``niftyreg-*``: its ``[affine.aladin]`` settings, all it
-    reads; ``identity``: nothing; peers: their preset and config file text.
+    a change of a default shows) and ``modalities``, the sequences registered together: under
+    a fusion the ceT1 field of a run with the T2 is not that of a run with the ceT1 alone, so
+    a ``--modalities ceT1`` run must not reuse a ``both`` run's ceT1 fields; ``niftyreg-*``:
+    its ``[affine.aladin]`` settings, all it reads (each sequence on its own); ``identity``:
+    nothing; peers: their preset and config file text.
     """
     from remind2reg.inference.config import RegistrationConfig
 
@@ -154,7 +157,7 @@ def method_settings(method: str, config: Path | None) -> dict:
         return {"method": name}
     if name.startswith("niftyreg-"):
         return {"method": name, "aladin": settings["affine"]["aladin"]}
-    return {"method": name, "settings": settings}
+    return {"method": name, "settings": settings, "modalities": modalities}
 
 
 def retire_stale(mdir: Path, settings: dict) -> None:
@@ -586,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.methods:
         mdir = method_dir(args.results, m)
         mdir.mkdir(parents=True, exist_ok=True)
-        retire_stale(mdir, method_settings(m, configs.get(m)))
+        retire_stale(mdir, method_settings(m, configs.get(m), args.modalities))
         done = set() if args.rerun else finished_pairs(mdir)
         todo = [p for p in pairs if p.output_name not in done]
         if todo and not args.no_run:

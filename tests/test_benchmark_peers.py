@@ -227,6 +227,12 @@ def test_results_made_under_other_settings_are_moved_aside_not_reused(tmp_path, 
     assert preset != default and preset["settings"]["affine"]["aladin"]["use_masks"] is False
     # methods that do not run the pipeline depend only on what they read
     assert harness.method_settings("identity", None) == {"method": "identity"}
+    # under a fusion a ceT1 field depends on whether the T2 was registered with it: a ceT1-only
+    # run must not reuse a two-sequence run's ceT1 fields (reg_aladin registers each alone)
+    assert harness.method_settings("convex-adam", None, "ceT1") != default
+    assert harness.method_settings("niftyreg-rigid", None, "ceT1") == harness.method_settings(
+        "niftyreg-rigid", None, "both"
+    )
     assert set(harness.method_settings("niftyreg-rigid", None)) == {"method", "aladin"}
     import time
 
