@@ -49,6 +49,18 @@ def project_field(
     return lts_fit(apply_affine(w, src), apply_affine(w, dst), transform, inlier_fraction, iterations)
 
 
+def rigid_part(
+    disp: torch.Tensor, mask: torch.Tensor, working_vox2world: NDArray, inlier_fraction: float = 0.5
+) -> torch.Tensor:
+    """The field ``(1, 3, I, J, K)`` (working voxels, fixed -> moving) of the rigid transform
+    :func:`project_field` fits to ``disp`` where ``mask > 0``: ``r(x) = W^-1 M W x - x``, with
+    ``M`` the fit in world mm and ``W = working_vox2world``."""
+    w = np.asarray(working_vox2world, dtype=np.float64)
+    fit = project_field(disp, mask, w, "rigid", inlier_fraction)
+    vox2vox = np.linalg.inv(w) @ fit.matrix @ w  # working voxels: x -> W^-1 M W x
+    return affine_field(vox2vox, tuple(disp.shape[2:]), disp.device).to(disp.dtype)  # type: ignore[arg-type]
+
+
 def shrink_toward_rigid(
     disp: torch.Tensor,
     mask: torch.Tensor,
@@ -58,17 +70,14 @@ def shrink_toward_rigid(
 ) -> torch.Tensor:
     """``r + residual_weight * (disp - r)``: ``disp`` with its non-rigid part scaled.
 
-    ``r`` is the field of the rigid transform :func:`project_field` fits to ``disp`` over the
-    voxels where ``mask > 0`` (least trimmed squares, in world mm, so that anisotropic working
-    voxels stay rigid in mm). ``disp`` ``(1, 3, I, J, K)`` working voxels, fixed -> moving;
-    ``residual_weight`` 1 returns ``disp`` itself, 0 the rigid field alone.
+    ``r`` is :func:`rigid_part` of ``disp`` (least trimmed squares over ``mask``, fitted in
+    world mm, so that anisotropic working voxels stay rigid in mm). ``disp`` ``(1, 3, I, J, K)``
+    working voxels, fixed -> moving; ``residual_weight`` 1 returns ``disp`` itself, 0 the
+    rigid field alone.
     """
     if not 0.0 <= residual_weight <= 1.0:
         raise ValueError(f"residual_weight must lie in [0, 1], got {residual_weight}")
     if residual_weight == 1.0:
         return disp
-    w = np.asarray(working_vox2world, dtype=np.float64)
-    fit = project_field(disp, mask, w, "rigid", inlier_fraction)
-    vox2vox = np.linalg.inv(w) @ fit.matrix @ w  # working voxels: x -> W^-1 M W x
-    rigid = affine_field(vox2vox, tuple(disp.shape[2:]), disp.device).to(disp.dtype)  # type: ignore[arg-type]
+    rigid = rigid_part(disp, mask, working_vox2world, inlier_fraction)
     return rigid + residual_weight * (disp - rigid)

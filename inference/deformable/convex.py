@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from remind2reg.inference.core.correlation import cost_volume, displacement_offsets, pool
-from remind2reg.inference.core.fields import affine_field, box_smooth, compose, upsample_cells, warp
-from remind2reg.inference.core.projection import project_field
+from remind2reg.inference.core.fields import box_smooth, compose, upsample_cells, warp
+from remind2reg.inference.core.projection import rigid_part
 from remind2reg.inference.settings import ConvexSettings
 
 
@@ -102,8 +102,7 @@ def convex_levels(
         residual = upsample_cells(residual_c, level.grid_sp, shape)  # type: ignore[arg-type]
         disp = compose(residual, disp)  # x -> x + r(x) -> moving via the previous field
         if settings.rigid_projection:  # MCPO: the level's field replaced by its LTS rigid fit
-            fit = project_field(disp, mask, np.eye(4), "rigid", settings.projection_inlier_fraction)
-            disp = affine_field(fit.matrix, shape, disp.device)  # type: ignore[arg-type]
+            disp = rigid_part(disp, mask, np.eye(4), settings.projection_inlier_fraction)
         totals.append(disp)
         weights.append(level.weight)
     if settings.combine == "weighted":
