@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from remind2reg.evaluation.evaluate import PairResult, evaluate
+from remind2reg.evaluation.paired import PairedComparison, case_means, paired_comparison
 from remind2reg.inference.io.atomic import write_text_atomic
 from remind2reg.inference.io.dataset import DATASET_JSON, RegistrationPair, find_pairs, landmark_path
 from remind2reg.inference.io.timings import merge_timings, pair_entries
@@ -484,6 +485,57 @@ def per_pair(methods: list[str], scored: dict[str, dict[str, PairResult]], pairs
     return head, rows
 
 
+@dataclass(frozen=True)
+class PairedRow:
+    group: str
+    method: str
+    comparison: PairedComparison
+
+
+def build_paired_rows(
+    methods: list[str], baseline: str, scored: dict[str, dict[str, PairResult]], pairs: list[RegistrationPair],
+    info: dict[str, CaseInfo],
+) -> list[PairedRow]:  # fmt: skip
+    """Each method against ``baseline`` on the case means of the pairs every method has, per family and over all."""
+    common = [p for p in pairs if all(p.output_name in scored[m] for m in methods)]
+    family = {p.case: info[p.case].family if p.case in info else "-" for p in common}
+    case_of = {p.output_name: p.case for p in common}
+    means = {
+        m: case_means({p.output_name: scored[m][p.output_name].tre for p in common}, case_of) for m in methods
+    }
+    groups = [(f, [c for c in means[baseline] if family[c] == f]) for f in sorted(set(family.values()))]
+    groups.append(("all", list(means[baseline])))
+    return [
+        PairedRow(
+            group, m, paired_comparison([means[m][c] for c in cases], [means[baseline][c] for c in cases])
+        )
+        for group, cases in groups
+        if cases
+        for m in methods
+        if m != baseline
+    ]
+
+
+PAIRED_HEAD = ["family", "method", "cases", "mean diff", "95% CI", "better", "worse", "same", "p"]
+
+
+def paired_cells(row: PairedRow) -> list[str]:
+    c = row.comparison
+    return [
+        row.group, row.method, str(c.n), f"{c.mean_diff:+.3f}", f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]",
+        str(c.better), str(c.worse), str(c.ties), f"{c.p_value:.3g}",
+    ]  # fmt: skip
+
+
+def paired_notes(baseline: str) -> str:
+    return (
+        f"Paired against {baseline}: per case, the mean TRE over its pairs, method minus {baseline} (mm; "
+        "negative: the method is better); 95% CI: percentile bootstrap over cases; p: two-sided Wilcoxon "
+        "signed-rank over the cases that differ. Decision rule for defaults (docs/benchmark.md): a candidate "
+        "replaces the default only when it is better over all tuning cases at p < 0.05."
+    )
+
+
 NOTES = (
     "TRE, TRE0 (initial), TRE30 (0.3 quantile over pairs) in mm, challenge formula; change = TRE / TRE0 - 1; "
     "worse = share of pairs with TRE > TRE0; SDlogJ with the official +3; fold % = voxels with det J <= 0; "
@@ -532,6 +584,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--time-limit", type=float, help="seconds per run; then it is stopped and its finished pairs kept"
     )
     ap.add_argument("--no-run", action="store_true", help="only score the results that exist")
+    ap.add_argument(
+        "--baseline", help="also compare every other method with this one, paired per case (one of --methods)"
+    )
     ap.add_argument("--markdown", type=Path, help="also write the tables as markdown")
     ap.add_argument("--json", type=Path, help="also write all numbers as JSON")
     return ap.parse_args(argv)
@@ -554,33 +609,32 @@ def select_pairs(args: argparse.Namespace, info: dict[str, CaseInfo]) -> list[Re
 
 
 def report(
-    args: argparse.Namespace, rows: list[Row], pp: tuple[list[str], list[list[str]]], scored: dict
-) -> None:
+    args: argparse.Namespace, rows: list[Row], pp: tuple[list[str], list[list[str]]], scored: dict,
+    paired: list[PairedRow],
+) -> None:  # fmt: skip
     table = [cells(r) for r in rows]
     title = f"Data: {args.data}  split: {args.split}  modalities: {args.modalities}  threads: {args.threads}"
-    print(f"\n{title}\n{text_table(HEAD, table)}\n{NOTES}\n\nPer-pair TRE (mm):\n{text_table(*pp)}")
+    print(f"\n{title}\n{text_table(HEAD, table)}\n{NOTES}")
+    md = [title, "", markdown_table(HEAD, table), "", NOTES, ""]
+    if paired:
+        ptable = [paired_cells(r) for r in paired]
+        print(f"\n{text_table(PAIRED_HEAD, ptable)}\n{paired_notes(args.baseline)}")
+        md += [markdown_table(PAIRED_HEAD, ptable), "", paired_notes(args.baseline), ""]
+    print(f"\nPer-pair TRE (mm):\n{text_table(*pp)}")
+    md += ["Per-pair TRE (mm):", "", markdown_table(*pp), ""]
     if args.markdown:
-        md = [
-            title,
-            "",
-            markdown_table(HEAD, table),
-            "",
-            NOTES,
-            "",
-            "Per-pair TRE (mm):",
-            "",
-            markdown_table(*pp),
-            "",
-        ]
         write_text_atomic(args.markdown, "\n".join(md))
     if args.json:
         out = {"data": str(args.data), "split": args.split, "rows": [asdict(r) for r in rows],
+               "paired": {"baseline": args.baseline, "rows": [asdict(r) for r in paired]},
                "pairs": {m: {k: asdict(v) for k, v in s.items()} for m, s in scored.items()}}  # fmt: skip
         write_text_atomic(args.json, json.dumps(out, indent=2, default=float))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.baseline is not None and args.baseline not in args.methods:
+        raise SystemExit(f"--baseline {args.baseline} is not one of --methods {args.methods}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     info = case_info(args.data)
     pairs = select_pairs(args, info)
@@ -600,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     scored = {m: score(m, pairs, method_dir(args.results, m)) for m in args.methods}
     peaks = {m: pair_peaks(method_dir(args.results, m)) for m in args.methods}
     rows = build_rows(args.methods, scored, peaks, pairs, info)
-    report(args, rows, per_pair(args.methods, scored, pairs, info), scored)
+    paired = build_paired_rows(args.methods, args.baseline, scored, pairs, info) if args.baseline else []
+    report(args, rows, per_pair(args.methods, scored, pairs, info), scored, paired)
     return 0
 
 

@@ -240,3 +240,35 @@ def test_results_made_under_other_settings_are_moved_aside_not_reused(tmp_path, 
     harness.retire_stale(mdir, preset)
     assert not (mdir / "disp_0001_0000_0001_0001.nii.gz").exists()
     assert "settings changed" in capsys.readouterr().out
+
+
+def test_paired_table_uses_case_means_per_family():
+    """Two cases of two pairs each: a method better by exactly 1 mm on one case, equal on the other."""
+    harness = _load_harness()
+    from remind2reg.evaluation.evaluate import PairResult
+    from remind2reg.inference.io.dataset import RegistrationPair
+
+    pairs, scored = [], {"a": {}, "b": {}}
+    for case, gain in (("0001", 1.0), ("0002", 0.0)):
+        for seq in ("0001", "0002"):
+            p = RegistrationPair(
+                Path(f"ReMIND2Reg_{case}_0000.nii.gz"), Path(f"ReMIND2Reg_{case}_{seq}.nii.gz")
+            )
+            pairs.append(p)
+            key = f"{case}_0000<--{case}_{seq}"
+            tre_b = 3.0 if seq == "0001" else 5.0  # case mean 4.0 for the baseline
+            scored["b"][p.output_name] = PairResult(key, case, "ceT1", 3, 6.0, tre_b)
+            scored["a"][p.output_name] = PairResult(key, case, "ceT1", 3, 6.0, tre_b - gain)
+    info = {
+        "0001": harness.CaseInfo("pre-resection", "tuning"),
+        "0002": harness.CaseInfo("weak-contrast", "tuning"),
+    }
+    rows = {
+        (r.group, r.method): r.comparison
+        for r in harness.build_paired_rows(["b", "a"], "b", scored, pairs, info)
+    }
+    assert set(rows) == {("pre-resection", "a"), ("weak-contrast", "a"), ("all", "a")}
+    assert rows[("pre-resection", "a")].mean_diff == -1.0 and rows[("pre-resection", "a")].better == 1
+    assert rows[("weak-contrast", "a")].ties == 1 and rows[("weak-contrast", "a")].p_value == 1.0
+    overall = rows[("all", "a")]
+    assert (overall.n, overall.mean_diff, overall.better, overall.ties) == (2, -0.5, 1, 1)
