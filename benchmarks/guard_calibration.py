@@ -15,7 +15,9 @@ the good results it throws away (a helpful candidate refused).
 ``nmi-relative`` is the guard's relative margin (``[guard] relative_margin``): its thresholds
 are multiples ``k`` of an NMI jitter (the mean change of the NMI under 1-voxel shifts), not NMI
 units; ``nmi-relative-candidate`` takes the jitter at each candidate's own field,
-``nmi-relative-input`` at the input alignment (one jitter per pair).
+``nmi-relative-input`` at the input alignment (one jitter per pair). ``lc2-relative-input`` is
+the same rule on LC2 with LC2's own jitter; ``nmi-and-lc2-relative-input`` asks both criteria to
+rise by ``k`` of their own jitters (two unoptimised criteria must agree).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ RELATIVE = {  # the NMI with a margin in units of a jitter: where the jitter is 
     "nmi-relative-input": "input",
 }
 RELATIVE_THRESHOLDS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
+LC2_RELATIVE = "lc2-relative-input"  # LC2 with a margin of k LC2 jitters at the input
+AGREEING = "nmi-and-lc2-relative-input"  # both criteria must rise by k of their own jitters
 
 
 def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list[dict]:
@@ -69,6 +73,8 @@ def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list
         for name, t in options.items():
             field = None if name == IDENTITY else t.total_field()
             scores[name]["nmi_jitter"] = jitter(case.images, transform.modalities, field, CRITERIA["nmi"])
+        # LC2's jitter at the input only (the scale the relative rules use; LC2 is the costlier)
+        scores[IDENTITY]["lc2_jitter"] = jitter(case.images, transform.modalities, None, CRITERIA["lc2"])
         fields = {
             name: embed_transforms((t,), sector.grid, fixed.vox2world)[0].field for name, t in options.items()
         }
@@ -83,9 +89,28 @@ def case_candidates(pairs: list, data: Path, config: RegistrationConfig) -> list
     return rows
 
 
+def decide_agreeing(row: dict, k: float) -> str:
+    """Simplest first, a candidate replaces the one chosen so far only when it raises BOTH the NMI
+    and LC2 by more than ``k`` times their own jitter at the input: two criteria, neither of
+    them optimised, must agree (a candidate that fools one of them is refused)."""
+    names = [n for n in (IDENTITY, GLOBAL, FULL) if n in row["scores"]]
+    s = row["scores"]
+    chosen = names[0]
+    for name in names[1:]:
+        if all(s[name][c] - s[chosen][c] > k * s[IDENTITY][f"{c}_jitter"] for c in ("nmi", "lc2")):
+            chosen = name
+    return chosen
+
+
 def decide(row: dict, crit: str, threshold: float) -> str:
     """The guard's rule (:func:`~remind2reg.inference.stages.guard.choose`) on one pair's stored scores."""
     names = [n for n in (IDENTITY, GLOBAL, FULL) if n in row["scores"]]
+    if crit == AGREEING:
+        return decide_agreeing(row, threshold)
+    if crit == LC2_RELATIVE:
+        totals = [(n, row["scores"][n]["lc2"]) for n in names]
+        jitters = {n: row["scores"][IDENTITY]["lc2_jitter"] for n in names if n != IDENTITY}
+        return choose(totals, 0.0, jitters, threshold)
     if crit in RELATIVE:
         totals = [(n, row["scores"][n]["nmi"]) for n in names]
         at = {n: n if RELATIVE[crit] == "candidate" else IDENTITY for n in names}
@@ -102,6 +127,8 @@ def table(rows: list[dict]) -> str:
     plans = [(c, THRESHOLDS) for c in CRITERIA]
     if all("nmi_jitter" in r["scores"][IDENTITY] for r in rows):
         plans += [(c, RELATIVE_THRESHOLDS) for c in RELATIVE]
+    if all("lc2_jitter" in r["scores"][IDENTITY] for r in rows):
+        plans += [(LC2_RELATIVE, RELATIVE_THRESHOLDS), (AGREEING, RELATIVE_THRESHOLDS)]
     for crit, thresholds in plans:
         base = [decide(r, crit, 0.0) for r in rows]
         for t in thresholds:

@@ -197,3 +197,38 @@ def test_default_guard_keeps_a_clear_correction_and_refuses_a_sub_voxel_one():
     assert refused.result_evidence["0001"] < 2.0
     assert refused.notes()["result_evidence_0001"] == round(refused.result_evidence["0001"], 3)
     assert decisions[3.0].result_evidence["0001"] == pytest.approx(decisions[3.0].evidence["0001"])
+
+
+def _load_calibration():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "guard_calibration.py"
+    spec = importlib.util.spec_from_file_location("guard_calibration", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_rule_with_two_criteria_needs_both():
+    """The agreeing rule takes a candidate only when NMI and LC2 each rise by k of their jitters."""
+    cal = _load_calibration()
+    from remind2reg.inference.stages.guard import FULL, IDENTITY
+
+    def row(nmi_gain: float, lc2_gain: float) -> dict:
+        return {
+            "scores": {
+                IDENTITY: {"nmi": 1.0, "lc2": 0.2, "nmi_jitter": 0.01, "lc2_jitter": 0.02},
+                FULL: {"nmi": 1.0 + nmi_gain, "lc2": 0.2 + lc2_gain},
+            }
+        }
+
+    assert cal.decide(row(0.05, 0.10), cal.AGREEING, 2.0) == FULL  # 5 and 5 jitters
+    assert cal.decide(row(0.05, 0.03), cal.AGREEING, 2.0) == IDENTITY  # LC2 only 1.5 jitters
+    assert cal.decide(row(-0.01, 0.10), cal.AGREEING, 2.0) == IDENTITY  # NMI fell
+    assert cal.decide(row(0.05, 0.03), cal.AGREEING, 1.0) == FULL
+    # LC2 alone, relative: 1.5 jitters passes k = 1, not k = 2
+    assert cal.decide(row(-0.01, 0.03), cal.LC2_RELATIVE, 1.0) == FULL
+    assert cal.decide(row(-0.01, 0.03), cal.LC2_RELATIVE, 2.0) == IDENTITY
