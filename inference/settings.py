@@ -265,9 +265,25 @@ class AdamSettings:
     smoothing_passes: int = 3  # 3^3 box filters applied to v at each step
     squaring_steps: int = 5
     robust: float = 0.0  # > 0: Geman-McClure per voxel, scale = robust x the mean residual at the start
+    # Gaussian sd (pooled feature voxels) applied to the fixed and the moving features before the
+    # similarity; 0: none. Trilinear interpolation of rough features lowers their energy at
+    # sub-voxel offsets, so an unsmoothed masked SSD prefers half-voxel shifts over the truth
+    # (docs/benchmark.md, "the interpolation artefact").
+    feature_smoothing: float = 0.0
+    # Off-grid sampling: each iteration compares the fixed and the moving features at the
+    # voxel centres shifted by one random sub-voxel offset (seeded), so that on average the
+    # interpolation smooths both alike and no shift is favoured for its phase; False: at the
+    # voxel centres (the fixed one not interpolated).
+    jitter_sampling: bool = False
+    jitter_seed: int = 0
+    # "constant", or "linear": the learning rate falls linearly to 0 over the iterations, so
+    # the last iterate settles instead of following the noise of the jittered samples
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         _non_negative("robust", self.robust)
+        _non_negative("feature_smoothing", self.feature_smoothing)
+        _one_of("schedule", self.schedule, ("constant", "linear"))
         _positive("grid_sp", self.grid_sp)
         _positive("feature_pool", self.feature_pool)
         _non_negative("iterations", self.iterations)

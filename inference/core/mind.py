@@ -81,6 +81,31 @@ def separable_filter(volume: torch.Tensor, kernels: tuple[torch.Tensor | None, .
     return out.reshape(volume.shape)
 
 
+def gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian of sd ``sigma`` (voxels), truncated at 3 sd, odd length."""
+    if not sigma > 0:
+        raise ValueError(f"gaussian_kernel: sigma must be > 0, got {sigma}")
+    radius = max(1, round(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_smooth(volume: torch.Tensor, sigma: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Isotropic Gaussian of sd ``sigma`` voxels over ``(N, C, I, J, K)``, edge-replicated.
+
+    With ``weight`` ``(N, 1, I, J, K)`` (e.g. the share of each voxel inside the US sector) it
+    is a normalised convolution, ``G * (w v) / G * w``: voxels of weight 0 do not pull the
+    result toward 0 near a mask border; where ``G * w`` is 0 the result is 0.
+    """
+    k = gaussian_kernel(sigma, volume.dtype).to(volume.device)
+    if weight is None:
+        return separable_filter(volume, (k, k, k))
+    num = separable_filter(volume * weight, (k, k, k))
+    den = separable_filter(weight, (k, k, k))
+    return torch.where(den > 1e-6, num / den.clamp_min(1e-6), torch.zeros_like(num))
+
+
 def mind_ssc(
     image: torch.Tensor,
     radius: int = 1,
