@@ -10,6 +10,14 @@ mean SSD of the features inside the sector is then evaluated for global translat
 its minimum at 0 on every axis. The printed numbers are the shift of the minimum per axis (mm)
 and the cost ratio ``cost(0) / cost(min)``.
 
+``--step`` below 1 scans sub-voxel shifts, where the moving features are interpolated
+(trilinear, as in the Adam stage); ``--pool k`` first averages the features over k^3 blocks as
+the Adam stage does (``[adam] feature_pool``; shifts and ``--range`` are then in pooled voxels,
+printed in mm), and ``--smoothing s`` applies that stage's ``[adam] feature_smoothing``. Integer
+shifts involve no interpolation; at sub-voxel shifts interpolation lowers the moving features'
+energy, and on the simulated iUS the SSD drops below its value at the truth, with minima near
+half-voxel shifts: the interpolation artefact (docs/benchmark.md).
+
 ``--rims`` repeats the scan with the true resection cavity (label 6 of
 ``groundtruth/labels_<case>_0000.nii.gz``) and a rim of that many mm removed from the sector (an
 oracle diagnostic: the method never sees the labels; ``-1`` keeps the cavity).
@@ -26,8 +34,10 @@ from deformable_from_truth import warped_by_truth
 from scipy import ndimage
 
 from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.core.correlation import pool
 from remind2reg.inference.core.fields import warp
 from remind2reg.inference.core.losses import masked_ssd
+from remind2reg.inference.core.mind import gaussian_smooth
 from remind2reg.inference.io.dataset import find_pairs
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.nifti import read_image
@@ -38,20 +48,32 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def translation_costs(
-    us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, axis: int, reach: int
+    us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, axis: int, shifts: np.ndarray
 ) -> np.ndarray:
-    """Mean feature SSD in ``mask`` for ``mr`` translated by ``-reach .. reach`` voxels along ``axis``.
+    """Mean feature SSD in ``mask`` for ``mr`` translated by each of ``shifts`` voxels along ``axis``.
 
-    ``us``/``mr`` are ``(1, C, D, H, W)`` features on one grid, ``mask`` ``(1, 1, D, H, W)``;
-    a shift ``s`` compares ``us(x)`` with ``mr(x + s e_axis)`` (the field convention of
-    :func:`remind2reg.inference.core.fields.warp`).
+    ``us``/``mr`` are ``(1, C, D, H, W)`` features on one grid, ``mask`` ``(1, 1, D, H, W)``
+    (or the pooled weight); a shift ``s`` compares ``us(x)`` with ``mr(x + s e_axis)`` (the
+    field convention of :func:`remind2reg.inference.core.fields.warp`; trilinear between voxels).
     """
     costs = []
-    for shift in range(-reach, reach + 1):
+    for shift in shifts:
         disp = torch.zeros(1, 3, *us.shape[-3:])
-        disp[:, axis] = shift
+        disp[:, axis] = float(shift)
         costs.append(float(masked_ssd(us, warp(mr, disp), mask)))
     return np.array(costs)
+
+
+def as_in_adam(
+    us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, pool_by: int, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The features as the Adam stage compares them: pooled by ``pool_by`` (the US with its
+    sector as weight), then smoothed by ``smoothing`` pooled voxels (0: not)."""
+    us_p, weight = pool(us.float(), mask, pool_by)
+    mr_p, _ = pool(mr.float(), None, pool_by)
+    if smoothing > 0:
+        us_p, mr_p = gaussian_smooth(us_p, smoothing, weight), gaussian_smooth(mr_p, smoothing)
+    return us_p, mr_p, weight
 
 
 def main() -> None:
@@ -59,12 +81,21 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "standard")
     parser.add_argument("--cases", nargs="+", required=True)
     parser.add_argument("--rims", nargs="+", type=float, default=[-1.0], help="cavity rims (mm); -1: keep it")
-    parser.add_argument("--range", type=int, default=6, help="largest shift (working voxels)")
+    parser.add_argument("--range", type=float, default=6, help="largest shift (voxels of the scanned grid)")
+    parser.add_argument("--step", type=float, default=1.0, help="shift step (voxels; < 1: sub-voxel)")
+    parser.add_argument("--pool", type=int, default=1, help="average the features over k^3 blocks first")
+    parser.add_argument(
+        "--smoothing", type=float, default=0.0, help="Gaussian sd (pooled voxels) after pooling"
+    )
     args = parser.parse_args()
+    n = round(args.range / args.step)
+    shifts = np.arange(-n, n + 1) * args.step
+    zero = n  # index of the zero shift
     config = RegistrationConfig()
     device = torch.device("cpu")
     print("| case | cavity removed | min at (mm, axes 0 1 2) | cost(0) / cost(min) per axis |")
     print("|---|---|---|---|")
+    mm = config.working_spacing_mm * args.pool  # one scanned voxel in mm
     for case in args.cases:
         pair = next(p for p in find_pairs(args.data, ("0001",)) if p.case == case)
         fixed = read_image(pair.fixed, case)
@@ -74,7 +105,6 @@ def main() -> None:
         case_features = extract_features(fixed, moving, sector, config.mind, device)
         images, features = case_features.images, case_features.features
         labels = read_image(args.data / "groundtruth" / f"labels_{case}_0000.nii.gz", case).array
-        spacing = config.working_spacing_mm
         for rim in args.rims:
             keep = images.mask
             if rim >= 0 and (labels == 6).any():
@@ -86,15 +116,16 @@ def main() -> None:
                 # The cavity on the working grid, resampled like the sector mask in features().
                 cav = sector.grid.to_working(cavity.astype(np.float32), device) > 0.5
                 keep = keep * (~cav).float()
+            us_f, mr_f, weight = as_in_adam(features.us, features.mr["0001"], keep, args.pool, args.smoothing)
             mins, ratios = [], []
             for axis in range(3):
-                costs = translation_costs(features.us, features.mr["0001"], keep, axis, args.range)
-                mins.append((int(np.argmin(costs)) - args.range) * spacing)
-                ratios.append(costs[args.range] / costs.min())
+                costs = translation_costs(us_f, mr_f, weight, axis, shifts)
+                mins.append(float(shifts[int(np.argmin(costs))]) * mm)
+                ratios.append(costs[zero] / costs.min())
             removed = (
                 "no" if rim < 0 else f"cavity + {rim:g} mm" if (labels == 6).any() else "no cavity in case"
             )
-            where = " ".join(f"{m:+.0f}" for m in mins)
+            where = " ".join(f"{m:+.2f}" for m in mins)
             print(f"| {case} | {removed} | {where} | {' '.join(f'{r:.3f}' for r in ratios)} |", flush=True)
 
 
