@@ -16,7 +16,9 @@ the Adam stage does (``[adam] feature_pool``; shifts and ``--range`` are then in
 printed in mm), and ``--smoothing s`` applies that stage's ``[adam] feature_smoothing``. Integer
 shifts involve no interpolation; at sub-voxel shifts interpolation lowers the moving features'
 energy, and on the simulated iUS the SSD drops below its value at the truth, with minima near
-half-voxel shifts: the interpolation artefact (docs/benchmark.md).
+half-voxel shifts: the interpolation artefact (docs/benchmark.md). ``--jitter N`` averages
+each cost over N random sub-voxel sampling offsets with both sides interpolated, as
+``[adam] jitter_sampling`` does.
 
 ``--rims`` repeats the scan with the true resection cavity (label 6 of
 ``groundtruth/labels_<case>_0000.nii.gz``) and a rim of that many mm removed from the sector (an
@@ -35,12 +37,13 @@ from scipy import ndimage
 
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.core.correlation import pool
-from remind2reg.inference.core.fields import warp
 from remind2reg.inference.core.losses import masked_ssd
 from remind2reg.inference.core.mind import gaussian_smooth
+from remind2reg.inference.deformable.instance import sample_pair
 from remind2reg.inference.io.dataset import find_pairs
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.nifti import read_image
+from remind2reg.inference.settings import AdamSettings
 from remind2reg.inference.stages.features import extract_features
 from remind2reg.inference.stages.sector import find_sector
 
@@ -48,19 +51,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def translation_costs(
-    us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, axis: int, shifts: np.ndarray
+    us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, axis: int, shifts: np.ndarray, jitter: int = 0
 ) -> np.ndarray:
     """Mean feature SSD in ``mask`` for ``mr`` translated by each of ``shifts`` voxels along ``axis``.
 
     ``us``/``mr`` are ``(1, C, D, H, W)`` features on one grid, ``mask`` ``(1, 1, D, H, W)``
     (or the pooled weight); a shift ``s`` compares ``us(x)`` with ``mr(x + s e_axis)`` (the
     field convention of :func:`remind2reg.inference.core.fields.warp`; trilinear between voxels).
+    ``jitter > 0``: the mean over that many random sub-voxel sampling offsets, both sides
+    interpolated, as ``[adam] jitter_sampling`` compares them (the same offsets for every shift).
     """
+    settings = AdamSettings(jitter_sampling=jitter > 0)
     costs = []
     for shift in shifts:
         disp = torch.zeros(1, 3, *us.shape[-3:])
         disp[:, axis] = float(shift)
-        costs.append(float(masked_ssd(us, warp(mr, disp), mask)))
+        generator = torch.Generator().manual_seed(0)
+        draws = []
+        for _ in range(max(jitter, 1)):
+            fixed, weight, moved = sample_pair(us, mask, mr, disp, settings, generator)
+            draws.append(float(masked_ssd(fixed, moved, weight)))
+        costs.append(float(np.mean(draws)))
     return np.array(costs)
 
 
@@ -86,6 +97,12 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=1, help="average the features over k^3 blocks first")
     parser.add_argument(
         "--smoothing", type=float, default=0.0, help="Gaussian sd (pooled voxels) after pooling"
+    )
+    parser.add_argument(
+        "--jitter",
+        type=int,
+        default=0,
+        help="mean over N random sub-voxel sampling offsets ([adam] jitter_sampling)",
     )
     args = parser.parse_args()
     n = round(args.range / args.step)
@@ -119,7 +136,7 @@ def main() -> None:
             us_f, mr_f, weight = as_in_adam(features.us, features.mr["0001"], keep, args.pool, args.smoothing)
             mins, ratios = [], []
             for axis in range(3):
-                costs = translation_costs(us_f, mr_f, weight, axis, shifts)
+                costs = translation_costs(us_f, mr_f, weight, axis, shifts, args.jitter)
                 mins.append(float(shifts[int(np.argmin(costs))]) * mm)
                 ratios.append(costs[zero] / costs.min())
             removed = (
