@@ -14,7 +14,9 @@ What stays exactly as in the serial run (:func:`remind2reg.inference.batch.run_s
 * with ``--on-error fail`` the first failure cancels the cases not yet finished;
 * a worker that dies in the middle of a case leaves no file under a result name (atomic
   writes); Dask retries the case once on another worker, after which it is reported as
-  failed; the dead worker's temporary files are removed at the end;
+  failed; a result lost with its worker after the task finished is submitted again as a new
+  task (up to :data:`LOST_RESULT_ROUNDS` rounds); the dead worker's temporary files are
+  removed at the end;
 * fields are bit-identical to the serial run's for the same input, seed and torch threads
   (each task seeds its case; set ``--threads``: torch's float reductions depend on it).
 
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 RETRIES = 1  # a case whose worker died is run once more elsewhere
 POLL_S = 5.0
+LOST_RESULT_ROUNDS = 3  # a case whose finished result died with its worker is submitted again
 LOCAL_NO_WORKERS_S = 60.0  # a local cluster with no worker for this long is dead, not starting
 REMOTE_NO_WORKERS_LOG_S = 300.0  # a remote scheduler may wait for a queue: say so, keep waiting
 
@@ -211,6 +214,31 @@ def _gather(
 ) -> None:
     from tqdm import tqdm
 
+    bar = tqdm(total=len(jobs), desc="register", unit="case", disable=not progress)
+    todo = list(jobs)
+    for attempt in range(LOST_RESULT_ROUNDS):
+        todo = _gather_round(client, run, todo, spec, bar, local, last=attempt == LOST_RESULT_ROUNDS - 1)
+        if not todo:
+            break
+        log.warning(
+            "Cases %s: their results were lost with a worker; submitting them again", [j.case for j in todo]
+        )
+    bar.close()
+
+
+def _result_lost(future) -> bool:
+    """True when ``future`` failed to deliver although its task did not fail: the worker that
+    held the result died and Dask put the task back to run again (``distributed`` can then
+    raise an internal error, e.g. an asyncio event bound to another loop, from ``result()``).
+    Such a case is submitted again as a new task instead of being reported as failed."""
+    return future.status not in ("error", "cancelled")
+
+
+def _gather_round(
+    client, run: BatchRun, jobs: list[CaseJob], spec: EngineSpec, bar, local: bool, last: bool
+) -> list[CaseJob]:
+    """Submit ``jobs`` as tasks and record their outcomes as they arrive; returns the jobs
+    whose result was lost with a worker (to submit again), none when ``last``."""
     resources = {"GPU": 1} if spec.device == "cuda" else None
     batch = uuid.uuid4().hex[:8]
     futures = {
@@ -221,12 +249,17 @@ def _gather(
         for job in jobs
     }  # fmt: skip
     pending = dict(futures)
-    bar = tqdm(total=len(jobs), desc="register", unit="case", disable=not progress)
+    lost: list[CaseJob] = []
     for future in each_completed(client, futures, local):
         job = pending.pop(future)
         try:
             outcome = future.result()
         except Exception as exc:  # the worker died more often than Dask retries, or the task failed to run
+            if not last and _result_lost(future):
+                log.warning("Case %s: result lost (%s: %s)", job.case, type(exc).__name__, exc)
+                client.cancel([future])
+                lost.append(job)
+                continue
             outputs = [p.output_name for p in job.todo]
             failure, records = handle_failure(
                 job.case, outputs, job.pairs[0].fixed, exc, run.output_dir, run.on_error
@@ -235,7 +268,7 @@ def _gather(
         run.add(outcome)
         bar.update(1)
         if run.stops_after(outcome):
-            run.summary.not_attempted = sorted(j.case for j in pending.values())
+            run.summary.not_attempted = sorted(j.case for j in [*pending.values(), *lost])
             client.cancel(list(pending))
-            break
-    bar.close()
+            return []
+    return lost

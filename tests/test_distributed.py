@@ -183,3 +183,58 @@ def test_each_completed_yields_every_future_once(tmp_path):
             assert sorted(got) == [2**k for k in range(6)]
     finally:
         cluster.close()
+
+
+class _FakeFuture:
+    def __init__(self, job, lose: bool):
+        self.job, self.lose = job, lose
+        self.status = "pending" if lose else "finished"
+
+    def result(self):
+        if self.lose:  # what distributed raised in CI when the worker holding the result died
+            raise RuntimeError("<asyncio.locks.Event object> is bound to a different event loop")
+        from remind2reg.inference.batch import CaseOutcome
+
+        return CaseOutcome(self.job.case)
+
+
+class _FakeClient:
+    """Submits by returning fake futures; the first submission of case 0003 loses its result."""
+
+    def __init__(self):
+        self.submitted: list[str] = []
+        self.cancelled = 0
+
+    def submit(self, fn, job, *args, **kwargs):
+        first = job.case not in self.submitted
+        self.submitted.append(job.case)
+        return _FakeFuture(job, lose=first and job.case == "0003")
+
+    def cancel(self, futures):
+        self.cancelled += len(futures)
+
+
+def test_a_result_lost_with_its_worker_is_submitted_again_not_reported_failed(monkeypatch, tmp_path):
+    """A finished case whose result died with its worker (status back to pending, and
+    ``result()`` raising distributed's internal error) runs again as a new task."""
+    from remind2reg.inference import distributed as dist
+    from remind2reg.inference.batch import BatchRun, CaseJob
+    from remind2reg.inference.io.dataset import RegistrationPair
+
+    monkeypatch.setattr(dist, "each_completed", lambda client, futures, local: iter(list(futures)))
+    recorded = []
+    monkeypatch.setattr(BatchRun, "add", lambda self, outcome: recorded.append(outcome.case))
+
+    def job(case: str) -> CaseJob:
+        pair = RegistrationPair(
+            tmp_path / f"ReMIND2Reg_{case}_0000.nii.gz", tmp_path / f"ReMIND2Reg_{case}_0001.nii.gz"
+        )
+        return CaseJob((pair,), (pair,))
+
+    client = _FakeClient()
+    run = BatchRun(tmp_path, "identity", "cpu", "skip")
+    spec = dist.EngineSpec("identity", None, "cpu", 0, 1)
+    dist._gather(client, run, [job("0001"), job("0003")], spec, progress=False, local=True)
+    assert client.submitted == ["0001", "0003", "0003"] and client.cancelled == 1
+    assert recorded == ["0001", "0003"]  # both recorded once, neither as a failure
+    assert run.summary.failures == []
