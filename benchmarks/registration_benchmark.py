@@ -432,12 +432,19 @@ def cells(row: Row) -> list[str]:
     ]  # fmt: skip
 
 
+def common_pairs(
+    methods: list[str], scored: dict[str, dict[str, PairResult]], pairs: list[RegistrationPair]
+) -> list[RegistrationPair]:
+    """The pairs every method has a score for (tables compare methods on the same pairs)."""
+    return [p for p in pairs if all(p.output_name in scored[m] for m in methods)]
+
+
 def build_rows(
     methods: list[str], scored: dict[str, dict[str, PairResult]], peaks: dict[str, dict[str, float]],
     pairs: list[RegistrationPair], info: dict[str, CaseInfo],
 ) -> list[Row]:  # fmt: skip
     """One row per (family, method) and per method over all families, on the pairs every method has."""
-    common = [p for p in pairs if all(p.output_name in scored[m] for m in methods)]
+    common = common_pairs(methods, scored, pairs)
     families = sorted({info[p.case].family for p in common if p.case in info})
     groups = [(f, [p for p in common if p.case in info and info[p.case].family == f]) for f in families]
     groups.append(("all", common))
@@ -497,7 +504,7 @@ def build_paired_rows(
     info: dict[str, CaseInfo],
 ) -> list[PairedRow]:  # fmt: skip
     """Each method against ``baseline`` on the case means of the pairs every method has, per family and over all."""
-    common = [p for p in pairs if all(p.output_name in scored[m] for m in methods)]
+    common = common_pairs(methods, scored, pairs)
     family = {p.case: info[p.case].family if p.case in info else "-" for p in common}
     case_of = {p.output_name: p.case for p in common}
     means = {

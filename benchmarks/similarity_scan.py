@@ -36,10 +36,8 @@ from deformable_from_truth import warped_by_truth
 from scipy import ndimage
 
 from remind2reg.inference.config import RegistrationConfig
-from remind2reg.inference.core.correlation import pool
 from remind2reg.inference.core.losses import masked_ssd
-from remind2reg.inference.core.mind import gaussian_smooth
-from remind2reg.inference.deformable.instance import sample_pair
+from remind2reg.inference.deformable.instance import compared_features, sample_pair
 from remind2reg.inference.io.dataset import find_pairs
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.nifti import read_image
@@ -73,18 +71,6 @@ def translation_costs(
             draws.append(float(masked_ssd(fixed, moved, weight)))
         costs.append(float(np.mean(draws)))
     return np.array(costs)
-
-
-def as_in_adam(
-    us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, pool_by: int, smoothing: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The features as the Adam stage compares them: pooled by ``pool_by`` (the US with its
-    sector as weight), then smoothed by ``smoothing`` pooled voxels (0: not)."""
-    us_p, weight = pool(us.float(), mask, pool_by)
-    mr_p, _ = pool(mr.float(), None, pool_by)
-    if smoothing > 0:
-        us_p, mr_p = gaussian_smooth(us_p, smoothing, weight), gaussian_smooth(mr_p, smoothing)
-    return us_p, mr_p, weight
 
 
 def main() -> None:
@@ -133,7 +119,8 @@ def main() -> None:
                 # The cavity on the working grid, resampled like the sector mask in features().
                 cav = sector.grid.to_working(cavity.astype(np.float32), device) > 0.5
                 keep = keep * (~cav).float()
-            us_f, mr_f, weight = as_in_adam(features.us, features.mr["0001"], keep, args.pool, args.smoothing)
+            adam = AdamSettings(feature_pool=args.pool, feature_smoothing=args.smoothing)
+            us_f, mr_f, weight = compared_features(features.us, features.mr["0001"], keep, adam)
             mins, ratios = [], []
             for axis in range(3):
                 costs = translation_costs(us_f, mr_f, weight, axis, shifts, args.jitter)

@@ -44,6 +44,26 @@ def velocity_from_displacement(disp: torch.Tensor, steps: int, iterations: int =
     return v
 
 
+def compared_features(
+    fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None, settings: AdamSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(fixed, moving, weight)`` as the similarity sees them: features ``(1, C, I, J, K)``
+    averaged over ``feature_pool``^3 blocks (cell-centred grid; the fixed one as a masked mean,
+    ``weight`` the share of each block inside ``mask``, ones without a mask), then smoothed by
+    ``feature_smoothing`` pooled voxels when that is > 0."""
+    k = max(1, settings.feature_pool)
+    fixed_f, weight = pool(fixed.float(), mask, k)
+    moving_f, _ = pool(moving.float(), None, k)
+    if mask is None:
+        weight = torch.ones_like(fixed_f[:, :1])
+    if settings.feature_smoothing > 0:
+        # Band-limit both before the moving one is interpolated: then a sub-voxel shift no
+        # longer lowers the moving features' energy (the interpolation artefact of the SSD).
+        fixed_f = gaussian_smooth(fixed_f, settings.feature_smoothing, weight)
+        moving_f = gaussian_smooth(moving_f, settings.feature_smoothing)
+    return fixed_f, moving_f, weight
+
+
 def sample_pair(
     fixed: torch.Tensor,
     weight: torch.Tensor,
@@ -84,16 +104,7 @@ def instance_optimise(
     """
     shape = tuple(fixed.shape[-3:])
     k = max(1, settings.feature_pool)
-    # The similarity is evaluated on features averaged over k^3 blocks (cell-centred grid).
-    fixed_f, weight = pool(fixed.float(), mask, k)
-    moving_f, _ = pool(moving.float(), None, k)
-    if mask is None:
-        weight = torch.ones_like(fixed_f[:, :1])
-    if settings.feature_smoothing > 0:
-        # Band-limit both before the moving one is interpolated: then a sub-voxel shift no
-        # longer lowers the moving features' energy (the interpolation artefact of the SSD).
-        fixed_f = gaussian_smooth(fixed_f, settings.feature_smoothing, weight)
-        moving_f = gaussian_smooth(moving_f, settings.feature_smoothing)
+    fixed_f, moving_f, weight = compared_features(fixed, moving, mask, settings)
     pooled_shape = tuple(fixed_f.shape[-3:])
     cshape = coarse_shape(pooled_shape, max(1, settings.grid_sp // k))
     with torch.no_grad():
