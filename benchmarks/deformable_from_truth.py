@@ -15,11 +15,17 @@ input alignment instead and prints the official TRE (with ``--exclude-cavity``: 
 mask does to a normal registration). ``--fixed-from-mr`` replaces the US by the aligned ceT1
 inside the US sector: the same grids, sector and landmarks without the ultrasound appearance, so
 any drift left is the method's own (a mechanics check).
+
+``--cases all`` takes every case of ``--data``. ``--json FILE`` writes each pair's drift (or TRE)
+and the run's settings; ``--baseline FILE`` (an earlier ``--json``) then prints this run against
+that one, paired per case (``evaluation/paired.py``: mean difference, bootstrap interval,
+cases better / worse, Wilcoxon p), for example the default against a candidate configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +35,7 @@ import torch
 from scipy import ndimage
 
 from remind2reg.evaluation.metrics import sample_displacement, target_registration_error
+from remind2reg.evaluation.paired import case_means, paired_comparison
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import voxel_spacing
@@ -50,7 +57,7 @@ def warped_by_truth(moving: Image, truth_vox: np.ndarray) -> Image:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "standard")
-    parser.add_argument("--cases", nargs="+", required=True, help="case ids, e.g. 0001 0002")
+    parser.add_argument("--cases", nargs="+", required=True, help="case ids, e.g. 0001 0002, or all")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--config", type=Path, help="TOML/JSON pipeline settings")
     parser.add_argument(
@@ -69,6 +76,8 @@ def main() -> None:
         action="store_true",
         help="mechanics check: the fixed image is the aligned ceT1 inside the US sector (no US appearance)",
     )
+    parser.add_argument("--json", type=Path, help="write every pair's value and the settings here")
+    parser.add_argument("--baseline", type=Path, help="an earlier --json: compare with it, paired per case")
     args = parser.parse_args()
     if args.fixed_from_mr and args.from_input:
         parser.error("--fixed-from-mr needs the truth-warped MR: it cannot be combined with --from-input")
@@ -83,7 +92,9 @@ def main() -> None:
         print("case  pair  TRE from the input alignment  guard")
     else:
         print("case  pair  mean |u| at landmarks (mm)  |mean u| (mm)  mean u (mm, array axes)  guard")
-    for case in args.cases:
+    cases = sorted({p.case for p in pairs}) if args.cases == ["all"] else args.cases
+    rows: list[dict] = []
+    for case in cases:
         group = [p for p in pairs if p.case == case]
         if not group:
             raise SystemExit(f"case {case}: no pair in {args.data}")
@@ -118,6 +129,7 @@ def main() -> None:
                 mov_lms = read_landmarks_csv(landmark_path(pair.moving))
                 tre = float(target_registration_error(landmarks, mov_lms, field, given[mod].spacing).mean())
                 verdict = "rejected (zero field kept)" if result.notes.get(f"fallback_{mod}") else "accepted"
+                rows.append({"case": case, "modality": mod, "value": tre, "accepted": verdict == "accepted"})
                 print(f"{case}  {mod}  TRE {tre:.2f} mm  {verdict}", flush=True)
                 continue
             u = sample_displacement(field, landmarks, order=1)  # (N, 3) fixed voxels
@@ -126,10 +138,41 @@ def main() -> None:
             mean = u_mm.mean(axis=0)  # the systematic part of the drift (a translation)
             verdict = "rejected (zero field kept)" if result.notes.get(f"fallback_{mod}") else "accepted"
             axes = " ".join(f"{c:+.2f}" for c in mean)
+            rows.append({"case": case, "modality": mod, "value": drift, "accepted": verdict == "accepted"})
             print(
                 f"{case}  {mod}  {drift:26.2f}  {np.linalg.norm(mean):13.2f}  {axes:>23}  {verdict}",
                 flush=True,
             )
+    measure = "tre_from_input" if args.from_input else "drift_from_truth"
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    if args.json:
+        args.json.write_text(json.dumps({"measure": measure, "settings": settings, "rows": rows}, indent=1))
+    if args.baseline:
+        compare_with_baseline(rows, measure, args.baseline)
+
+
+def compare_with_baseline(rows: list[dict], measure: str, baseline_file: Path) -> None:
+    """Print this run minus the baseline run, paired per case (mean over each case's pairs, mm)."""
+    baseline = json.loads(baseline_file.read_text())
+    if baseline["measure"] != measure:
+        raise SystemExit(f"{baseline_file}: it measured {baseline['measure']}, this run {measure}")
+    mine = {(r["case"], r["modality"]): r["value"] for r in rows}
+    theirs = {(r["case"], r["modality"]): r["value"] for r in baseline["rows"]}
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        raise SystemExit(f"{baseline_file}: no pair in common with this run")
+    case_of = {key: key[0] for key in common}
+    a = case_means({k: mine[k] for k in common}, case_of)
+    b = case_means({k: theirs[k] for k in common}, case_of)
+    cmp = paired_comparison([a[c] for c in a], [b[c] for c in a])
+    print(
+        f"this run minus {baseline_file.name} ({measure}, {cmp.n} cases of {len(common)} pairs): "
+        f"mean {cmp.mean_diff:+.3f} mm [{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}] ({cmp.level:.0%}), "
+        f"{cmp.better} better / {cmp.worse} worse / {cmp.ties} same, Wilcoxon p = {cmp.p_value:.2g}; "
+        f"this run: mean {np.mean(list(a.values())):.2f}, median {np.median(list(a.values())):.2f}, "
+        f"under 1 mm {sum(v < 1 for v in a.values())}/{len(a)}; baseline: mean {np.mean(list(b.values())):.2f}, "
+        f"median {np.median(list(b.values())):.2f}, under 1 mm {sum(v < 1 for v in b.values())}/{len(b)}"
+    )
 
 
 if __name__ == "__main__":

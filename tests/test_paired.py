@@ -102,3 +102,44 @@ def test_case_means_average_the_pairs_of_a_case() -> None:
 def test_bad_input_is_refused(a, b, message) -> None:
     with pytest.raises(ValueError, match=message):
         paired_comparison(a, b)
+
+
+def _load_drift_script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "deformable_from_truth.py"
+    spec = importlib.util.spec_from_file_location("deformable_from_truth", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_drift_script_compares_runs_per_case(tmp_path, capsys):
+    """The drift script pairs two runs by case (mean over a case's pairs) and refuses a mismatch."""
+    import json
+
+    import pytest
+
+    script = _load_drift_script()
+    base = [
+        {"case": "0001", "modality": "0001", "value": 2.0, "accepted": True},
+        {"case": "0001", "modality": "0002", "value": 4.0, "accepted": True},  # case 0001: 3.0
+        {"case": "0002", "modality": "0001", "value": 1.5, "accepted": True},
+        {"case": "0003", "modality": "0001", "value": 9.0, "accepted": True},  # not in the new run
+    ]
+    (tmp_path / "base.json").write_text(json.dumps({"measure": "drift_from_truth", "rows": base}))
+    rows = [
+        {"case": "0001", "modality": "0001", "value": 1.0, "accepted": True},
+        {"case": "0001", "modality": "0002", "value": 1.0, "accepted": True},  # case 0001: 1.0
+        {"case": "0002", "modality": "0001", "value": 0.5, "accepted": True},
+    ]
+    script.compare_with_baseline(rows, "drift_from_truth", tmp_path / "base.json")
+    out = capsys.readouterr().out
+    # differences -2.0 and -1.0: mean -1.5, both cases better, 2 cases from 3 common pairs
+    assert "2 cases of 3 pairs" in out and "mean -1.500 mm" in out and "2 better / 0 worse / 0 same" in out
+    assert "under 1 mm 1/2; baseline: mean 2.25" in out
+    with pytest.raises(SystemExit, match="measured drift_from_truth"):
+        script.compare_with_baseline(rows, "tre_from_input", tmp_path / "base.json")
