@@ -161,19 +161,33 @@ def method_settings(method: str, config: Path | None, modalities: str = "both") 
     return {"method": name, "settings": settings, "modalities": modalities}
 
 
-def retire_stale(mdir: Path, settings: dict) -> None:
-    """Move results made under other settings aside (``stale-<time>/``) instead of reusing them."""
+def retire_stale(mdir: Path, settings: dict, discard: bool = False) -> None:
+    """Move results made under other settings aside (``stale-<time>/``) instead of reusing them.
+
+    With ``discard`` they are deleted instead, together with earlier ``stale-*`` folders (a 256^3
+    field is about 200 MB, a half of the standard set about 6 GB a method).
+    """
     recorded = _read_json(mdir / SETTINGS_FILE, None)
     current = json.loads(json.dumps(settings, default=str))
     results = list(mdir.glob("disp_*.nii.gz"))
+    if discard:
+        for old in mdir.glob("stale-*"):
+            shutil.rmtree(old)
     if results and recorded != current:  # no record at all: made by an older harness, unknown
-        stale = mdir / f"stale-{dt.datetime.now():%Y%m%d-%H%M%S}"
-        stale.mkdir()
-        for path in [*mdir.glob("disp_*.nii.gz"), mdir / "timings.json", mdir / CACHE_FILE]:
-            if path.exists():
+        paths = [p for p in [*results, mdir / "timings.json", mdir / CACHE_FILE] if p.exists()]
+        size_gb = sum(p.stat().st_size for p in paths) / 1e9
+        if discard:
+            for path in paths:
+                path.unlink()
+            print(f"[{mdir.name}] settings changed since these results were made: deleted them "
+                  f"({size_gb:.1f} GB), running again", flush=True)  # fmt: skip
+        else:
+            stale = mdir / f"stale-{dt.datetime.now():%Y%m%d-%H%M%S}"
+            stale.mkdir()
+            for path in paths:
                 os.replace(path, stale / path.name)
-        print(f"[{mdir.name}] settings changed since these results were made: moved to {stale.name}/, "
-              "running again", flush=True)  # fmt: skip
+            print(f"[{mdir.name}] settings changed since these results were made: moved to {stale.name}/ "
+                  f"({size_gb:.1f} GB; --discard-stale deletes instead), running again", flush=True)  # fmt: skip
     write_text_atomic(mdir / SETTINGS_FILE, json.dumps(current, indent=2, sort_keys=True))
 
 
@@ -588,6 +602,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--rerun", action="store_true", help="run every selected pair again")
     ap.add_argument(
+        "--discard-stale",
+        action="store_true",
+        help="delete results made under other settings (and old stale-* folders) instead of moving them aside",
+    )
+    ap.add_argument(
         "--time-limit", type=float, help="seconds per run; then it is stopped and its finished pairs kept"
     )
     ap.add_argument("--no-run", action="store_true", help="only score the results that exist")
@@ -650,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.methods:
         mdir = method_dir(args.results, m)
         mdir.mkdir(parents=True, exist_ok=True)
-        retire_stale(mdir, method_settings(m, configs.get(m), args.modalities))
+        retire_stale(mdir, method_settings(m, configs.get(m), args.modalities), args.discard_stale)
         done = set() if args.rerun else finished_pairs(mdir)
         todo = [p for p in pairs if p.output_name not in done]
         if todo and not args.no_run:

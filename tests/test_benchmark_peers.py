@@ -240,6 +240,15 @@ def test_results_made_under_other_settings_are_moved_aside_not_reused(tmp_path, 
     harness.retire_stale(mdir, preset)
     assert not (mdir / "disp_0001_0000_0001_0001.nii.gz").exists()
     assert "settings changed" in capsys.readouterr().out
+    assert len(list(mdir.glob("stale-*"))) == 2
+    # --discard-stale: results of other settings are deleted, and so are the stale folders
+    (mdir / "disp_0001_0000_0001_0001.nii.gz").write_bytes(b"preset")
+    harness.retire_stale(mdir, default, discard=True)
+    assert not list(mdir.glob("stale-*")) and not list(mdir.glob("disp_*"))
+    assert "deleted them" in capsys.readouterr().out
+    (mdir / "disp_0001_0000_0001_0001.nii.gz").write_bytes(b"default")
+    harness.retire_stale(mdir, default, discard=True)  # same settings: kept
+    assert (mdir / "disp_0001_0000_0001_0001.nii.gz").read_bytes() == b"default"
 
 
 def test_paired_table_uses_case_means_per_family():
