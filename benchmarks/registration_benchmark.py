@@ -19,6 +19,9 @@ subprocess on one case into its own folder, and the client merges the results. E
 per-pair cache is the same (a pair whose field and ``timings.json`` entry exist is not run
 again unless ``--rerun``), so an interrupted sweep resumes, and with the same ``--threads`` the
 fields, hence the tables, are the same (torch's float reductions depend on the thread count).
+Results made under other settings (the method's settings are recorded in its folder; changing
+a default changes them) are never reused: they are moved aside to ``stale-<time>/``, or deleted
+with ``--discard-stale``. A 256^3 field is about 200 MB, so delete those folders regularly.
 
 Families and halves
 -------------------
