@@ -156,12 +156,12 @@ def compare_with_baseline(rows: list[dict], measure: str, baseline_file: Path) -
     baseline = json.loads(baseline_file.read_text())
     if baseline["measure"] != measure:
         raise SystemExit(f"{baseline_file}: it measured {baseline['measure']}, this run {measure}")
-    mine = {(r["case"], r["modality"]): r["value"] for r in rows}
-    theirs = {(r["case"], r["modality"]): r["value"] for r in baseline["rows"]}
+    mine = {f'{r["case"]}_{r["modality"]}': r["value"] for r in rows}  # pair key: <case>_<modality>
+    theirs = {f'{r["case"]}_{r["modality"]}': r["value"] for r in baseline["rows"]}
     common = sorted(set(mine) & set(theirs))
     if not common:
         raise SystemExit(f"{baseline_file}: no pair in common with this run")
-    case_of = {key: key[0] for key in common}
+    case_of = {key: key.split("_")[0] for key in common}
     a = case_means({k: mine[k] for k in common}, case_of)
     b = case_means({k: theirs[k] for k in common}, case_of)
     cmp = paired_comparison([a[c] for c in a], [b[c] for c in a])
