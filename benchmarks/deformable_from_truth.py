@@ -156,8 +156,8 @@ def compare_with_baseline(rows: list[dict], measure: str, baseline_file: Path) -
     baseline = json.loads(baseline_file.read_text())
     if baseline["measure"] != measure:
         raise SystemExit(f"{baseline_file}: it measured {baseline['measure']}, this run {measure}")
-    mine = {f'{r["case"]}_{r["modality"]}': r["value"] for r in rows}  # pair key: <case>_<modality>
-    theirs = {f'{r["case"]}_{r["modality"]}': r["value"] for r in baseline["rows"]}
+    mine = {f"{r['case']}_{r['modality']}": r["value"] for r in rows}  # pair key: <case>_<modality>
+    theirs = {f"{r['case']}_{r['modality']}": r["value"] for r in baseline["rows"]}
     common = sorted(set(mine) & set(theirs))
     if not common:
         raise SystemExit(f"{baseline_file}: no pair in common with this run")
