@@ -18,6 +18,11 @@ units; ``nmi-relative-candidate`` takes the jitter at each candidate's own field
 ``nmi-relative-input`` at the input alignment (one jitter per pair). ``lc2-relative-input`` is
 the same rule on LC2 with LC2's own jitter; ``nmi-and-lc2-relative-input`` asks both criteria to
 rise by ``k`` of their own jitters (two unoptimised criteria must agree).
+
+``--compare RULE@K`` (for example ``nmi-and-lc2-relative-input@2``) also prints that rule
+against the default guard's (``nmi-relative-input@2``), paired per case: per case the mean TRE
+of each rule's decisions over its pairs (``evaluation/paired.py``; negative: the rule is
+better), the cases better / worse / same and the Wilcoxon p.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from remind2reg.evaluation.metrics import target_registration_error
+from remind2reg.evaluation.paired import case_means, paired_comparison
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.io.atomic import write_text_atomic
 from remind2reg.inference.io.dataset import find_pairs, landmark_path
@@ -152,6 +158,34 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_RULE = "nmi-relative-input@2"  # the default guard: [guard] relative_margin = 2, NMI
+
+
+def parse_rule(text: str) -> tuple[str, float]:
+    """``RULE@K`` -> (rule, k); a rule of :func:`decide`."""
+    crit, sep, k = text.rpartition("@")
+    known = {*CRITERIA, *RELATIVE, LC2_RELATIVE, AGREEING}
+    if not sep or crit not in known:
+        raise ValueError(f"expected RULE@K with RULE one of {sorted(known)}, got {text!r}")
+    return crit, float(k)
+
+
+def compare_rules(rows: list[dict], candidate: str, baseline: str = DEFAULT_RULE) -> str:
+    """One line: ``candidate`` minus ``baseline`` (TRE of their decisions), paired per case."""
+    tres = {}
+    for rule in (candidate, baseline):
+        crit, k = parse_rule(rule)
+        tres[rule] = {r["pair"]: r["tre"][decide(r, crit, k)] for r in rows}
+    case_of = {r["pair"]: r["pair"].split("_")[0] for r in rows}  # <case>_0000<--<case>_<mod>
+    a, b = (case_means(tres[rule], case_of) for rule in (candidate, baseline))
+    cmp = paired_comparison([a[c] for c in a], [b[c] for c in a])
+    return (
+        f"{candidate} minus {baseline} ({cmp.n} cases, {len(rows)} pairs): mean {cmp.mean_diff:+.3f} mm "
+        f"[{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}] ({cmp.level:.0%}), {cmp.better} better / {cmp.worse} worse / "
+        f"{cmp.ties} same, Wilcoxon p = {cmp.p_value:.2g}: {cmp.verdict()}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data/standard"))
@@ -160,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, help="write (or, with --no-run, read) the per-pair rows")
     ap.add_argument("--no-run", action="store_true")
+    ap.add_argument("--compare", nargs="+", default=[], help="RULE@K: paired against the default rule")
     args = ap.parse_args(argv)
+    for rule in args.compare:
+        try:
+            parse_rule(rule)
+        except ValueError as err:
+            ap.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.no_run:
@@ -183,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_text_atomic(args.json, json.dumps(rows, indent=1))
     print(table(rows))
+    for rule in args.compare:
+        print(compare_rules(rows, rule))
     return 0
 
 

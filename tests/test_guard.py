@@ -232,3 +232,28 @@ def test_calibration_rule_with_two_criteria_needs_both():
     # LC2 alone, relative: 1.5 jitters passes k = 1, not k = 2
     assert cal.decide(row(-0.01, 0.03), cal.LC2_RELATIVE, 1.0) == FULL
     assert cal.decide(row(-0.01, 0.03), cal.LC2_RELATIVE, 2.0) == IDENTITY
+
+
+def test_calibration_compares_two_rules_paired_per_case():
+    """Two cases; the agreeing rule refuses case 0002's result (LC2 fell), the default takes it."""
+    cal = _load_calibration()
+    from remind2reg.inference.stages.guard import FULL, IDENTITY
+
+    def row(pair: str, lc2_gain: float, tre_full: float) -> dict:
+        scores = {
+            IDENTITY: {"nmi": 1.0, "lc2": 0.2, "nmi_jitter": 0.01, "lc2_jitter": 0.02},
+            FULL: {"nmi": 1.05, "lc2": 0.2 + lc2_gain},  # NMI up 5 jitters
+        }
+        return {"pair": pair, "scores": scores, "tre": {IDENTITY: 3.0, FULL: tre_full}}
+
+    rows = [
+        row("0001_0000<--0001_0001", 0.10, 1.0),  # both rules take the result
+        row("0002_0000<--0002_0001", -0.01, 4.0),  # the result is harmful: only the default takes it
+        row("0002_0000<--0002_0002", -0.01, 5.0),
+    ]
+    line = cal.compare_rules(rows, "nmi-and-lc2-relative-input@2")
+    # case 0002: the agreeing rule keeps 3.0 mm for both pairs, the default 4.5 on average
+    assert "(2 cases, 3 pairs): mean -0.750 mm" in line and "1 better / 0 worse / 1 same" in line
+    assert cal.parse_rule("nmi-relative-input@2") == ("nmi-relative-input", 2.0)
+    with pytest.raises(ValueError, match="RULE@K"):
+        cal.parse_rule("nmi-relative-input")
