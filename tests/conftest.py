@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -31,6 +35,23 @@ def voxel_grid(shape) -> np.ndarray:
 def oblique_grid():
     """(shape, vox2world): a non-cubic shape on an oblique, anisotropic grid."""
     return (23, 31, 19), oblique_vox2world()
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """Loader of a script of ``benchmarks/`` by name, e.g. ``benchmark_script("guard_calibration")``."""
+    return load_benchmark_script
 
 
 @pytest.fixture

@@ -112,17 +112,8 @@ def test_register_folder_writes_challenge_files(tmp_path):
     assert timings["method"] == "peer:convexadam-baseline"
 
 
-def _load_harness():
-    path = REPO / "benchmarks" / "registration_benchmark.py"
-    spec = importlib.util.spec_from_file_location("registration_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_harness_method_commands(tmp_path):
-    harness = _load_harness()
+def test_harness_method_commands(tmp_path, benchmark_script):
+    harness = benchmark_script("registration_benchmark")
     ours = harness.method_command("convex-adam", tmp_path / "in", tmp_path / "out", tmp_path / "c.toml", 1)
     assert ours[1:7] == ["-m", "remind2reg", "-q", "register", "--method", "convex-adam"]
     assert ours[-2:] == ["--config", str(tmp_path / "c.toml")] and ours[ours.index("--threads") + 1] == "1"
@@ -151,9 +142,9 @@ def _tiny_standard_set(data) -> None:
     (data / "split.json").write_text(json.dumps({"tuning": ["0001"], "held-out": ["0002"], "cases": cases}))
 
 
-def test_harness_runs_scores_and_reuses(tmp_path, capsys):
+def test_harness_runs_scores_and_reuses(tmp_path, capsys, benchmark_script):
     """identity (and the baseline peer when installed) on a tiny folder; the second call reuses."""
-    harness = _load_harness()
+    harness = benchmark_script("registration_benchmark")
     data = tmp_path / "data"
     _tiny_standard_set(data)
     methods = ["identity"] + (["peer:convexadam-baseline"] if adapter.package_available() else [])
@@ -182,9 +173,9 @@ def test_harness_runs_scores_and_reuses(tmp_path, capsys):
     )
 
 
-def test_harness_on_dask_gives_the_serial_table(tmp_path):
+def test_harness_on_dask_gives_the_serial_table(tmp_path, benchmark_script):
     """(method, case) tasks on a LocalCluster: the same per-pair numbers as the serial run."""
-    harness = _load_harness()
+    harness = benchmark_script("registration_benchmark")
     data = tmp_path / "data"
     _tiny_standard_set(data)
     tables = []
@@ -210,8 +201,8 @@ def test_harness_on_dask_gives_the_serial_table(tmp_path):
     ]
 
 
-def test_results_made_under_other_settings_are_moved_aside_not_reused(tmp_path, capsys):
-    harness = _load_harness()
+def test_results_made_under_other_settings_are_moved_aside_not_reused(tmp_path, capsys, benchmark_script):
+    harness = benchmark_script("registration_benchmark")
     mdir = tmp_path / "convex-adam"
     mdir.mkdir()
     (mdir / "disp_0001_0000_0001_0001.nii.gz").write_bytes(b"old")
@@ -251,9 +242,9 @@ def test_results_made_under_other_settings_are_moved_aside_not_reused(tmp_path, 
     assert (mdir / "disp_0001_0000_0001_0001.nii.gz").read_bytes() == b"default"
 
 
-def test_paired_table_uses_case_means_per_family():
+def test_paired_table_uses_case_means_per_family(benchmark_script):
     """Two cases of two pairs each: a method better by exactly 1 mm on one case, equal on the other."""
-    harness = _load_harness()
+    harness = benchmark_script("registration_benchmark")
     from remind2reg.evaluation.evaluate import PairResult
     from remind2reg.inference.io.dataset import RegistrationPair
 

@@ -199,22 +199,9 @@ def test_default_guard_keeps_a_clear_correction_and_refuses_a_sub_voxel_one():
     assert decisions[3.0].result_evidence["0001"] == pytest.approx(decisions[3.0].evidence["0001"])
 
 
-def _load_calibration():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "guard_calibration.py"
-    spec = importlib.util.spec_from_file_location("guard_calibration", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_calibration_rule_with_two_criteria_needs_both():
+def test_calibration_rule_with_two_criteria_needs_both(benchmark_script):
     """The agreeing rule takes a candidate only when NMI and LC2 each rise by k of their jitters."""
-    cal = _load_calibration()
+    cal = benchmark_script("guard_calibration")
     from remind2reg.inference.stages.guard import FULL, IDENTITY
 
     def row(nmi_gain: float, lc2_gain: float) -> dict:
@@ -234,9 +221,9 @@ def test_calibration_rule_with_two_criteria_needs_both():
     assert cal.decide(row(-0.01, 0.03), cal.LC2_RELATIVE, 2.0) == IDENTITY
 
 
-def test_calibration_compares_two_rules_paired_per_case():
+def test_calibration_compares_two_rules_paired_per_case(benchmark_script):
     """Two cases; the agreeing rule refuses case 0002's result (LC2 fell), the default takes it."""
-    cal = _load_calibration()
+    cal = benchmark_script("guard_calibration")
     from remind2reg.inference.stages.guard import FULL, IDENTITY
 
     def row(pair: str, lc2_gain: float, tre_full: float) -> dict:

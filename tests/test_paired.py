@@ -104,26 +104,13 @@ def test_bad_input_is_refused(a, b, message) -> None:
         paired_comparison(a, b)
 
 
-def _load_drift_script():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "deformable_from_truth.py"
-    spec = importlib.util.spec_from_file_location("deformable_from_truth", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_drift_script_compares_runs_per_case(tmp_path, capsys):
+def test_drift_script_compares_runs_per_case(tmp_path, capsys, benchmark_script):
     """The drift script pairs two runs by case (mean over a case's pairs) and refuses a mismatch."""
     import json
 
     import pytest
 
-    script = _load_drift_script()
+    script = benchmark_script("deformable_from_truth")
     base = [
         {"case": "0001", "modality": "0001", "value": 2.0, "accepted": True},
         {"case": "0001", "modality": "0002", "value": 4.0, "accepted": True},  # case 0001: 3.0
