@@ -54,6 +54,14 @@ from remind2reg.inference.stages.sector import find_sector
 REPO = Path(__file__).resolve().parents[1]
 
 
+def axis_shift(like: torch.Tensor, axis: int, voxels: float) -> torch.Tensor:
+    """The constant field ``(1, 3, D, H, W)`` on ``like``'s grid that moves by ``voxels`` along
+    array ``axis``: warped by it, an image reads ``img(x + voxels e_axis)``."""
+    field = torch.zeros(1, 3, *like.shape[-3:], dtype=like.dtype)
+    field[:, axis] = voxels
+    return field
+
+
 def translation_costs(
     us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, axis: int, shifts: np.ndarray, jitter: int = 0
 ) -> np.ndarray:
@@ -68,8 +76,7 @@ def translation_costs(
     settings = AdamSettings(jitter_sampling=jitter > 0)
     costs = []
     for shift in shifts:
-        disp = torch.zeros(1, 3, *us.shape[-3:])
-        disp[:, axis] = float(shift)
+        disp = axis_shift(us, axis, float(shift))
         generator = torch.Generator().manual_seed(0)
         draws = []
         for _ in range(max(jitter, 1)):
@@ -84,13 +91,9 @@ def guard_scores(images: WorkingImages, mask: torch.Tensor, axis: int, shifts: n
     voxels along ``axis`` (the field convention of ``translation_costs``), inside ``mask``."""
     images = WorkingImages(us=images.us, mr=images.mr, mask=mask)
     settings = GuardSettings()
-    zero = torch.zeros_like(images.us).repeat(1, 3, 1, 1, 1)
-    out = []
-    for s in shifts:
-        field = zero.clone()
-        field[:, axis] = float(s)
-        out.append(criterion(images, "0001", field, settings))
-    return np.asarray(out)
+    return np.asarray(
+        [criterion(images, "0001", axis_shift(images.us, axis, float(s)), settings) for s in shifts]
+    )
 
 
 def main() -> None:
@@ -147,24 +150,24 @@ def main() -> None:
                 # The cavity on the working grid, resampled like the sector mask in features().
                 cav = sector.grid.to_working(cavity.astype(np.float32), device) > 0.5
                 keep = keep * (~cav).float()
-            adam = AdamSettings(feature_pool=args.pool, feature_smoothing=args.smoothing)
-            us_f, mr_f, weight = compared_features(features.us, features.mr["0001"], keep, adam)
-            mins, ratios = [], []
-            for axis in range(3):
-                if args.guard:  # a score to maximise; the gap of its maximum over the truth
+            best_mm, gaps = [], []  # per axis: where the optimum is, and how much better than at 0
+            if args.guard:  # a score to maximise, on the working-grid images
+                for axis in range(3):
                     scores = guard_scores(images, keep, axis, shifts)
-                    mins.append(float(shifts[int(np.argmax(scores))]) * mm)
-                    ratios.append(scores.max() - scores[zero])
-                    continue
-                costs = translation_costs(us_f, mr_f, weight, axis, shifts, args.jitter)
-                mins.append(float(shifts[int(np.argmin(costs))]) * mm)
-                ratios.append(costs[zero] / costs.min())
+                    best_mm.append(float(shifts[int(np.argmax(scores))]) * mm)
+                    gaps.append(f"{scores.max() - scores[zero]:.4f}")
+            else:  # a cost to minimise, on the features as the Adam stage compares them
+                adam = AdamSettings(feature_pool=args.pool, feature_smoothing=args.smoothing)
+                us_f, mr_f, weight = compared_features(features.us, features.mr["0001"], keep, adam)
+                for axis in range(3):
+                    costs = translation_costs(us_f, mr_f, weight, axis, shifts, args.jitter)
+                    best_mm.append(float(shifts[int(np.argmin(costs))]) * mm)
+                    gaps.append(f"{costs[zero] / costs.min():.3f}")
             removed = (
                 "no" if rim < 0 else f"cavity + {rim:g} mm" if (labels == 6).any() else "no cavity in case"
             )
-            where = " ".join(f"{m:+.2f}" for m in mins)
-            gaps = " ".join(f"{r:.4f}" if args.guard else f"{r:.3f}" for r in ratios)
-            print(f"| {case} | {removed} | {where} | {gaps} |", flush=True)
+            where = " ".join(f"{m:+.2f}" for m in best_mm)
+            print(f"| {case} | {removed} | {where} | {' '.join(gaps)} |", flush=True)
 
 
 if __name__ == "__main__":
