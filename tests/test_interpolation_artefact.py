@@ -117,3 +117,14 @@ def test_gaussian_smooth_keeps_constants_and_respects_the_weight():
     assert torch.allclose(out[..., 2:8, 2:9, 2:10], ones[..., 2:8, 2:9, 2:10], atol=1e-5)
     with pytest.raises(ValueError, match="sigma"):
         gaussian_kernel(0.0)
+
+
+def test_similarity_scan_shifts_read_the_image_further_along_the_axis(benchmark_script):
+    """``axis_shift(.., axis, s)`` warps ``img`` to ``img(x + s e_axis)``, the convention both scans state."""
+    benchmark_script("deformable_from_truth")  # similarity_scan imports it by name
+    scan = benchmark_script("similarity_scan")
+    ramp = torch.arange(SHAPE[1], dtype=torch.float32).view(1, 1, 1, -1, 1).expand(1, 1, *SHAPE).contiguous()
+    field = scan.axis_shift(ramp, 1, 0.5)
+    assert field.shape == (1, 3, *SHAPE) and torch.count_nonzero(field[:, [0, 2]]) == 0
+    inner = (slice(None), slice(None), slice(None), slice(1, -2), slice(None))
+    assert torch.allclose(warp(ramp, field)[inner], ramp[inner] + 0.5, atol=1e-4)
