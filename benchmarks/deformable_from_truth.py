@@ -35,7 +35,7 @@ import torch
 from scipy import ndimage
 
 from remind2reg.evaluation.metrics import sample_displacement, target_registration_error
-from remind2reg.evaluation.paired import case_means, paired_comparison
+from remind2reg.evaluation.paired import compare_per_case
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import voxel_spacing
@@ -158,20 +158,20 @@ def compare_with_baseline(rows: list[dict], measure: str, baseline_file: Path) -
         raise SystemExit(f"{baseline_file}: it measured {baseline['measure']}, this run {measure}")
     mine = {f"{r['case']}_{r['modality']}": r["value"] for r in rows}  # pair key: <case>_<modality>
     theirs = {f"{r['case']}_{r['modality']}": r["value"] for r in baseline["rows"]}
-    common = sorted(set(mine) & set(theirs))
-    if not common:
-        raise SystemExit(f"{baseline_file}: no pair in common with this run")
-    case_of = {key: key.split("_")[0] for key in common}
-    a = case_means({k: mine[k] for k in common}, case_of)
-    b = case_means({k: theirs[k] for k in common}, case_of)
-    cmp = paired_comparison([a[c] for c in a], [b[c] for c in a])
+    case_of = {key: key.split("_")[0] for key in {*mine, *theirs}}
+    try:
+        cmp, a, b = compare_per_case(mine, theirs, case_of)
+    except ValueError:
+        raise SystemExit(f"{baseline_file}: no pair in common with this run") from None
+    pairs = len(set(mine) & set(theirs))
+
+    def stats(values: dict[str, float]) -> str:
+        v = np.array(list(values.values()))
+        return f"mean {v.mean():.2f}, median {np.median(v):.2f}, under 1 mm {int((v < 1).sum())}/{v.size}"
+
     print(
-        f"this run minus {baseline_file.name} ({measure}, {cmp.n} cases of {len(common)} pairs): "
-        f"mean {cmp.mean_diff:+.3f} mm [{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}] ({cmp.level:.0%}), "
-        f"{cmp.better} better / {cmp.worse} worse / {cmp.ties} same, Wilcoxon p = {cmp.p_value:.2g}; "
-        f"this run: mean {np.mean(list(a.values())):.2f}, median {np.median(list(a.values())):.2f}, "
-        f"under 1 mm {sum(v < 1 for v in a.values())}/{len(a)}; baseline: mean {np.mean(list(b.values())):.2f}, "
-        f"median {np.median(list(b.values())):.2f}, under 1 mm {sum(v < 1 for v in b.values())}/{len(b)}"
+        f"this run minus {baseline_file.name} ({measure}, {cmp.n} cases of {pairs} pairs): {cmp.summary()}; "
+        f"this run: {stats(a)}; baseline: {stats(b)}"
     )
 
 

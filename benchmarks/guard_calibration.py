@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from remind2reg.evaluation.metrics import target_registration_error
-from remind2reg.evaluation.paired import case_means, paired_comparison
+from remind2reg.evaluation.paired import compare_per_case
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.io.atomic import write_text_atomic
 from remind2reg.inference.io.dataset import find_pairs, landmark_path
@@ -177,12 +177,9 @@ def compare_rules(rows: list[dict], candidate: str, baseline: str = DEFAULT_RULE
         crit, k = parse_rule(rule)
         tres[rule] = {r["pair"]: r["tre"][decide(r, crit, k)] for r in rows}
     case_of = {r["pair"]: r["pair"].split("_")[0] for r in rows}  # <case>_0000<--<case>_<mod>
-    a, b = (case_means(tres[rule], case_of) for rule in (candidate, baseline))
-    cmp = paired_comparison([a[c] for c in a], [b[c] for c in a])
+    cmp, _, _ = compare_per_case(tres[candidate], tres[baseline], case_of)
     return (
-        f"{candidate} minus {baseline} ({cmp.n} cases, {len(rows)} pairs): mean {cmp.mean_diff:+.3f} mm "
-        f"[{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}] ({cmp.level:.0%}), {cmp.better} better / {cmp.worse} worse / "
-        f"{cmp.ties} same, Wilcoxon p = {cmp.p_value:.2g}: {cmp.verdict()}"
+        f"{candidate} minus {baseline} ({cmp.n} cases, {len(rows)} pairs): {cmp.summary()}: {cmp.verdict()}"
     )
 
 

@@ -53,6 +53,13 @@ class PairedComparison:
             return "no evidence"
         return "better" if self.mean_diff < 0 else "worse"
 
+    def summary(self) -> str:
+        """One line: the mean difference with its interval, the counts and the p-value."""
+        return (
+            f"mean {self.mean_diff:+.3f} mm [{self.ci_low:+.3f}, {self.ci_high:+.3f}] ({self.level:.0%}), "
+            f"{self.better} better / {self.worse} worse / {self.ties} same, Wilcoxon p = {self.p_value:.2g}"
+        )
+
 
 def case_means(values: Mapping[str, float], case_of: Mapping[str, str]) -> dict[str, float]:
     """Mean of ``values`` (keyed by pair) over the pairs of each case (``case_of[pair]``)."""
@@ -109,4 +116,18 @@ def paired_comparison(
     )
 
 
-__all__ = ["DEFAULT_TIE_MM", "PairedComparison", "case_means", "paired_comparison"]
+def compare_per_case(
+    candidate: Mapping[str, float], baseline: Mapping[str, float], case_of: Mapping[str, str]
+) -> tuple[PairedComparison, dict[str, float], dict[str, float]]:
+    """:func:`paired_comparison` of two methods' per-pair values (keyed by pair) over the pairs
+    both have, each first averaged per case (:func:`case_means`); also returns the two case
+    means (same case order). ValueError when no pair is common."""
+    common = sorted(set(candidate) & set(baseline))
+    if not common:
+        raise ValueError("the two methods have no pair in common")
+    a = case_means({k: candidate[k] for k in common}, case_of)
+    b = case_means({k: baseline[k] for k in common}, case_of)
+    return paired_comparison([a[c] for c in a], [b[c] for c in a]), a, b
+
+
+__all__ = ["DEFAULT_TIE_MM", "PairedComparison", "case_means", "compare_per_case", "paired_comparison"]

@@ -130,3 +130,17 @@ def test_drift_script_compares_runs_per_case(tmp_path, capsys, benchmark_script)
     assert "under 1 mm 1/2; baseline: mean 2.25" in out
     with pytest.raises(SystemExit, match="measured drift_from_truth"):
         script.compare_with_baseline(rows, "tre_from_input", tmp_path / "base.json")
+
+
+def test_compare_per_case_uses_the_common_pairs_averaged_per_case():
+    from remind2reg.evaluation.paired import compare_per_case
+
+    case_of = {"a1": "A", "a2": "A", "b1": "B", "c1": "C"}
+    candidate = {"a1": 1.0, "a2": 3.0, "b1": 2.0}  # case A: 2.0
+    baseline = {"a1": 2.0, "a2": 4.0, "b1": 2.5, "c1": 9.0}  # case A: 3.0; C has no candidate
+    cmp, a, b = compare_per_case(candidate, baseline, case_of)
+    assert a == {"A": 2.0, "B": 2.0} and b == {"A": 3.0, "B": 2.5}
+    assert cmp.n == 2 and cmp.mean_diff == pytest.approx(-0.75) and cmp.better == 2
+    assert cmp.summary().startswith("mean -0.750 mm [") and "2 better / 0 worse / 0 same" in cmp.summary()
+    with pytest.raises(ValueError, match="no pair in common"):
+        compare_per_case({"a1": 1.0}, {"b1": 1.0}, case_of)
