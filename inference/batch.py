@@ -125,13 +125,14 @@ def seeded(seed: int, device: str) -> Iterator[None]:
     """Seed Python, numpy and torch; on the CPU also make torch use deterministic algorithms.
 
     CUDA is not made deterministic: several CUDA kernels (grid sampling backward, for one)
-    have no deterministic version. The previous deterministic setting is restored on exit.
+    have no deterministic version, and with deterministic algorithms on they raise, so a caller's
+    own setting is switched off for a CUDA run. The previous setting is restored on exit.
     """
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global generator any library may use
     torch.manual_seed(seed)
     previous = torch.are_deterministic_algorithms_enabled()
-    set_deterministic_algorithms(device == "cpu" or previous)
+    set_deterministic_algorithms(device == "cpu")
     try:
         yield
     finally:

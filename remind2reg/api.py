@@ -15,7 +15,9 @@ Example::
 
 Images may be nibabel images, SimpleITK images or file paths; each is converted once, at
 this boundary (:mod:`remind2reg.inference.io.convert`). The command line (``remind2reg
-register``) runs the same engine, so the same inputs and seed give bit-identical fields.
+register``) runs the same engine, so the same inputs and seed give bit-identical fields on the
+CPU. On a CUDA device they agree to a fraction of a millimetre, not bit for bit (the gradients
+of grid sampling are summed with atomics; ``tests/test_gpu_agreement.py``).
 """
 
 from __future__ import annotations

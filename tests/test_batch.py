@@ -17,6 +17,7 @@ from scipy import ndimage
 from remind2reg import cli
 from remind2reg.cli import main
 from remind2reg.inference.batch import register_folder, seeded
+from remind2reg.inference.device import set_deterministic_algorithms
 from remind2reg.inference.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_USAGE
 from remind2reg.inference.io.nifti import Image, write_image
 from remind2reg.inference.methods.base import MethodResult
@@ -211,6 +212,15 @@ def test_seeded_turns_deterministic_algorithms_on_for_the_cpu_only_and_restores_
     assert not torch.are_deterministic_algorithms_enabled()
     with seeded(0, "cuda"):
         assert not torch.are_deterministic_algorithms_enabled()
+    # A caller's own setting is switched off for a CUDA run (its kernels would raise under it)
+    # and restored afterwards.
+    set_deterministic_algorithms(True)
+    try:
+        with seeded(0, "cuda"):
+            assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        set_deterministic_algorithms(False)
 
 
 class _GreedyMethod:

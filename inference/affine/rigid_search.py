@@ -136,7 +136,9 @@ class _Problem:
         self.fixed, self.mask = us_features.float(), mask.float()
         self.w = torch.as_tensor(working_vox2world, dtype=torch.float64)
         self.w_inv = torch.linalg.inv(self.w)
-        idx = torch.nonzero(mask[0, 0] > 0).double().mean(0)
+        # The 4x4 and parameter algebra stays on the CPU in float64; only the features and the
+        # sector points live on the device (CUDA: the mean sector voxel comes back to the CPU).
+        idx = torch.nonzero(mask[0, 0] > 0).double().mean(0).cpu()
         self.centre = (self.w[:3, :3] @ idx + self.w[:3, 3]).to(torch.float64)  # world mm
         self.levels = {f: _level(self.fixed, self.mask, f, fine_stride if f == 1 else 1) for f in (1, 2, 4)}
         self._moving: dict[tuple[int, int], torch.Tensor] = {}
@@ -153,6 +155,7 @@ class _Problem:
             self._moving = {key: pool(moving, None, factor)[0] if factor > 1 else moving.float()}
         s = level.to_working
         a = torch.linalg.inv(s) @ self.vox2vox(world).float() @ s  # level voxel -> level voxel
+        a = a.to(level.points.device)  # CPU algebra -> the points' device (gradients follow)
         moved = a[:3, :3] @ level.points + a[:3, 3:4]  # (3, P)
         values = sample(self._moving[key], moved.reshape(1, 3, -1, 1, 1))  # (1, C, P, 1, 1)
         diff = (level.fixed - values[0, :, :, 0, 0]) ** 2  # (C, P)
@@ -209,7 +212,7 @@ def rigid_search(
             problem.fixed, moving, problem.mask, settings.search_grid_sp, settings.search_hw
         )
     # A translation of the moving features by s working voxels is W_lin s in world mm.
-    t0 = problem.w[:3, :3] @ shift.double()
+    t0 = problem.w[:3, :3] @ shift.double().cpu()
     starts = []
     for rotvec in start_rotations(settings.start_angles_deg):
         w, t, cost = _optimise(
