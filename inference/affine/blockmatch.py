@@ -105,7 +105,8 @@ def match_blocks(
     if len(candidates) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3))
     keep = max(1, round(settings.block_fraction * int(inside.sum())))
-    chosen = candidates[torch.argsort(fixed.texture[candidates], descending=True)[:keep]]
+    # stable: cells of equal texture are kept in index order on every device
+    chosen = candidates[torch.argsort(fixed.texture[candidates], descending=True, stable=True)[:keep]]
     d = _subvoxel(flat[:, chosen], best[chosen], hw)  # (N, 3) cells
     cells = torch.stack(torch.unravel_index(chosen, tuple(fixed.weight.shape[-3:])), 1).float()
     centres = cells * sp + (sp - 1) / 2.0  # cell c covers working voxels c*sp .. c*sp+sp-1
