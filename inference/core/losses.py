@@ -156,18 +156,15 @@ def gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(grads[0] ** 2 + grads[1] ** 2 + grads[2] ** 2)
 
 
-def lc2(us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> float:
-    """Linear correlation of linear combination (LC2, Wein et al.; a score in [0, 1]).
+def lc2_maps(us: torch.Tensor, mr: torch.Tensor, radius: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two voxel maps of LC2 (Wein et al.): ``(explained, var_us)``, each ``(1, 1, I, J, K)``.
 
     In the ``(2r+1)^3`` patch around each voxel the US is regressed on the MR, its gradient
-    magnitude and a constant by least squares (``us ~ a mr + b |grad mr| + c``): a bright wall
-    around a dark region is explained by the gradient term. The score is
-    ``sum_x mask (var_us - residual) / sum_x mask var_us``: the patches' explained variance,
-    weighted by the US variance (flat patches, such as an anechoic cavity, weigh nothing).
-    Images and mask ``(1, 1, I, J, K)``.
+    magnitude and a constant by least squares (``us ~ a mr + b |grad mr| + c``); ``explained``
+    is the variance of the US that the fit explains (at most ``var_us``, the US variance in the
+    patch). :func:`lc2` aggregates them over a mask; other aggregations (per block) use them too.
     """
     _check_pair("us", us, "mr", mr)
-    _check_mask("mask", mask, us)
     u, m = us.float(), mr.float()
     g = gradient_magnitude(m)
 
@@ -185,6 +182,21 @@ def lc2(us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, radius: int = 3)
     eps = 1e-6 * (c_mm.mean() + c_gg.mean()) + 1e-12
     det = (c_mm + eps) * (c_gg + eps) - c_mg**2
     explained = ((c_gg + eps) * b_m**2 - 2 * c_mg * b_m * b_g + (c_mm + eps) * b_g**2) / det.clamp_min(1e-12)
-    explained = torch.minimum(explained.clamp_min(0), var_u)
+    return torch.minimum(explained.clamp_min(0), var_u), var_u
+
+
+def lc2(us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> float:
+    """Linear correlation of linear combination (LC2, Wein et al.; a score in [0, 1]).
+
+    In the ``(2r+1)^3`` patch around each voxel the US is regressed on the MR, its gradient
+    magnitude and a constant by least squares (``us ~ a mr + b |grad mr| + c``): a bright wall
+    around a dark region is explained by the gradient term. The score is
+    ``sum_x mask (var_us - residual) / sum_x mask var_us``: the patches' explained variance,
+    weighted by the US variance (flat patches, such as an anechoic cavity, weigh nothing).
+    Images and mask ``(1, 1, I, J, K)``.
+    """
+    _check_pair("us", us, "mr", mr)
+    _check_mask("mask", mask, us)
+    explained, var_u = lc2_maps(us, mr, radius)
     w = (mask > 0).float()
     return float((w * explained).sum() / (w * var_u).sum().clamp_min(1e-12))
