@@ -13,7 +13,10 @@ INTEGER shift up to ``--range`` voxels along each axis (``(2 range + 1)^3`` shif
 interpolated, so the interpolation artefact plays no part), and the block's best shift is noted:
 
 * ``mind``: the mean MIND-SSC SSD over the block's sector voxels (the Adam stage's cost);
-* ``lc2``: the block's LC2 (:func:`remind2reg.inference.core.losses.lc2_maps`, 7 mm patches).
+* ``lc2``: the block's LC2 (:func:`remind2reg.inference.core.losses.lc2_maps`, 7 mm patches);
+* ``mind-log``: Locor's aggregation (Honkamaa et al., MICCAI 2025) applied to the MIND SSD: the
+  SSD averaged over 5 mm windows, then the block's mean of ``log(window SSD + eps)`` (``eps``:
+  1e-3 of the mean window SSD at the truth), so that windows nothing explains weigh little.
 
 Printed per case and over all blocks: how far the best shift lies from the truth (mm), the
 share within 1 mm and the share exactly at the truth. A similarity that pins a block well has
@@ -32,6 +35,7 @@ from deformable_from_truth import warped_by_truth
 
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.core.losses import lc2_maps
+from remind2reg.inference.core.mind import box_filter
 from remind2reg.inference.io.dataset import find_pairs
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.nifti import read_image
@@ -39,7 +43,8 @@ from remind2reg.inference.stages.features import extract_features
 from remind2reg.inference.stages.sector import find_sector
 
 REPO = Path(__file__).resolve().parents[1]
-SIMILARITIES = ("mind", "lc2")
+SIMILARITIES = ("mind", "lc2", "mind-log")
+LOG_WINDOW_RADIUS = 2  # 5 mm windows of the log aggregation
 
 
 def integer_shifts(largest: int) -> torch.Tensor:
@@ -80,13 +85,21 @@ def block_costs(
     inside = (mask > 0).float()
     share = F.avg_pool3d(inside, block, block)[0, 0]
     used = share >= min_inside
+
+    def voxel_ssd(shift: tuple[int, int, int]) -> torch.Tensor:
+        moved = shifted(mr_features.float(), shift, largest)
+        return ((us_features.float() - moved) ** 2).mean(1, keepdim=True)
+
+    def block_mean(voxels: torch.Tensor) -> torch.Tensor:  # over each used block's sector voxels
+        return (F.avg_pool3d(voxels * inside, block, block)[0, 0] / share.clamp_min(1e-6))[used]
+
+    at_truth = box_filter(voxel_ssd((0, 0, 0)), LOG_WINDOW_RADIUS)
+    eps = 1e-3 * float((at_truth * inside).sum() / inside.sum().clamp_min(1.0))
     out: dict[str, list[torch.Tensor]] = {name: [] for name in SIMILARITIES}
     for shift in integer_shifts(largest).tolist():
-        ssd = ((us_features.float() - shifted(mr_features.float(), shift, largest)) ** 2).mean(
-            1, keepdim=True
-        )
-        mean_ssd = F.avg_pool3d(ssd * inside, block, block)[0, 0] / share.clamp_min(1e-6)
-        out["mind"].append(mean_ssd[used])
+        ssd = voxel_ssd(shift)
+        out["mind"].append(block_mean(ssd))
+        out["mind-log"].append(block_mean(torch.log(box_filter(ssd, LOG_WINDOW_RADIUS) + eps)))
         explained, var_us = lc2_maps(us, shifted(mr, shift, largest))
         score = F.avg_pool3d(explained * inside, block, block) / F.avg_pool3d(
             var_us * inside, block, block
