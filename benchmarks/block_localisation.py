@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from deformable_from_truth import warped_by_truth
 
 from remind2reg.inference.config import RegistrationConfig
+from remind2reg.inference.core.correlation import displacement_offsets
 from remind2reg.inference.core.losses import lc2_maps
 from remind2reg.inference.core.mind import box_filter
 from remind2reg.inference.io.dataset import find_pairs
@@ -45,12 +46,6 @@ from remind2reg.inference.stages.sector import find_sector
 REPO = Path(__file__).resolve().parents[1]
 SIMILARITIES = ("mind", "lc2", "mind-log")
 LOG_WINDOW_RADIUS = 2  # 5 mm windows of the log aggregation
-
-
-def integer_shifts(largest: int) -> torch.Tensor:
-    """Every integer shift ``(S, 3)`` with components in ``[-largest, largest]``, zero included."""
-    r = torch.arange(-largest, largest + 1)
-    return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
 
 
 def shifted(image: torch.Tensor, shift: tuple[int, int, int], largest: int) -> torch.Tensor:
@@ -74,7 +69,7 @@ def block_costs(
     largest: int,
     min_inside: float = 0.75,
 ) -> dict[str, torch.Tensor]:
-    """Per similarity, the cost ``(S, B)`` of each shift of :func:`integer_shifts` (rows) for each
+    """Per similarity, the cost ``(S, B)`` of each shift of :func:`~remind2reg.inference.core.correlation.displacement_offsets` (rows) for each
     block (columns: the blocks with at least ``min_inside`` of their voxels in ``mask``, in array
     order), lower is better; LC2 enters as ``-LC2``.
 
@@ -96,7 +91,7 @@ def block_costs(
     at_truth = box_filter(voxel_ssd((0, 0, 0)), LOG_WINDOW_RADIUS)
     eps = 1e-3 * float((at_truth * inside).sum() / inside.sum().clamp_min(1.0))
     out: dict[str, list[torch.Tensor]] = {name: [] for name in SIMILARITIES}
-    for shift in integer_shifts(largest).tolist():
+    for shift in displacement_offsets(largest).long().tolist():  # integer shifts, (i, j, k)
         ssd = voxel_ssd(shift)
         out["mind"].append(block_mean(ssd))
         out["mind-log"].append(block_mean(torch.log(box_filter(ssd, LOG_WINDOW_RADIUS) + eps)))
@@ -110,7 +105,7 @@ def block_costs(
 
 def best_shift_mm(costs: torch.Tensor, largest: int, spacing_mm: float) -> np.ndarray:
     """Distance (mm) of each block's best shift from the truth (the zero shift), ``(B,)``."""
-    shifts = integer_shifts(largest).double()
+    shifts = displacement_offsets(largest).double()
     return (shifts[costs.argmin(0)].norm(dim=1) * spacing_mm).numpy()
 
 

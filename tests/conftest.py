@@ -11,6 +11,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,22 @@ def oblique_vox2world(spacing=(0.7, 0.5, 0.9), angles_deg=(17.0, -23.0, 31.0), o
     out[:3, :3] = rot @ np.diag(spacing)
     out[:3, 3] = origin
     return out
+
+
+def smooth_deformation_pair(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(moving, truth, warped)``: a smooth random image, a known field in voxels along the array
+    axes (5 and 2 voxels along axes 0 and 2, a -3 +- 2 voxel bend along axis 1 that varies along
+    axis 0) and ``warped(x) = moving(x + truth(x))`` (trilinear, edges replicated)."""
+    rng = np.random.default_rng(0)
+    moving = ndimage.gaussian_filter(rng.normal(size=shape), 3.0).astype(np.float32)
+    i = np.arange(shape[0], dtype=np.float32)[:, None, None]
+    truth = np.zeros((*shape, 3), dtype=np.float32)
+    truth[..., 0] = 5.0
+    truth[..., 1] = -3.0 + 2.0 * np.sin(np.pi * i / shape[0])  # varies along axis 0
+    truth[..., 2] = 2.0
+    coords = np.indices(shape, dtype=np.float32) + np.moveaxis(truth, -1, 0)
+    warped = ndimage.map_coordinates(moving, coords, order=1, mode="nearest").astype(np.float32)
+    return moving, truth, warped
 
 
 def voxel_grid(shape) -> np.ndarray:

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from remind2reg.inference.core.correlation import displacement_offsets
+
 
 def test_every_block_finds_a_known_integer_shift(benchmark_script):
     benchmark_script("deformable_from_truth")  # block_localisation imports it by name
@@ -19,7 +21,7 @@ def test_every_block_finds_a_known_integer_shift(benchmark_script):
     mask = torch.zeros_like(us)
     mask[..., 4:28, 4:28, 4:28] = 1  # away from the wrapped border of np.roll
     costs = scan.block_costs(us, mr, us, mr, mask, block=8, largest=3, min_inside=0.75)
-    shifts = scan.integer_shifts(3)
+    shifts = displacement_offsets(3)
     for name in scan.SIMILARITIES:
         assert costs[name].shape == (len(shifts), 8)  # the 2^3 blocks inside 4..28 (75 % and more)
         best = shifts[costs[name].argmin(0)]

@@ -15,23 +15,14 @@ from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
 from remind2reg.inference.settings import AdamSettings, AffineStageSettings, GuardSettings
-from tests.conftest import oblique_vox2world
+from tests.conftest import oblique_vox2world, smooth_deformation_pair
 
 SHAPE = (80, 72, 64)  # 0.5 mm voxels, non-cubic
 
 
 def test_recovers_a_known_smooth_displacement_through_the_working_grid():
-    rng = np.random.default_rng(0)
-    moving = ndimage.gaussian_filter(rng.normal(size=SHAPE), 3.0).astype(np.float32)
-    i = np.arange(SHAPE[0], dtype=np.float32)[:, None, None]
-    truth = np.zeros((*SHAPE, 3), dtype=np.float32)  # full-grid voxels along array axes
-    truth[..., 0] = 5.0
-    truth[..., 1] = -3.0 + 2.0 * np.sin(np.pi * i / SHAPE[0])  # varies along axis 0
-    truth[..., 2] = 2.0
-    coords = np.indices(SHAPE, dtype=np.float32) + np.moveaxis(truth, -1, 0)
-    fixed = (
-        ndimage.map_coordinates(moving, coords, order=1, mode="nearest") + 10.0
-    )  # fixed(x) = moving(x + u(x))
+    moving, truth, warped = smooth_deformation_pair(SHAPE)
+    fixed = warped + 10.0  # fixed(x) = moving(x + u(x))
     vox2world = oblique_vox2world(spacing=(0.5, 0.5, 0.5))
     config = RegistrationConfig(crop_margin_mm=0.0, adam=AdamSettings(iterations=30, feature_pool=1))
     result = ConvexAdamMethod(config)(Image(fixed, vox2world), {"0001": Image(moving + 10.0, vox2world)})

@@ -18,13 +18,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.methods.convex_adam import ConvexAdamMethod
 from remind2reg.inference.settings import AdamSettings, AffineStageSettings
-from tests.conftest import oblique_vox2world
+from tests.conftest import oblique_vox2world, smooth_deformation_pair
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -36,15 +35,8 @@ SPACING_MM = 0.5
 def pair() -> tuple[Image, dict[str, Image], np.ndarray]:
     """A smooth known deformation (5 mm and a 1-2 mm bend) between two images of inverted
     contrast on an oblique grid: ``fixed(x) = moving(x + u(x))``."""
-    rng = np.random.default_rng(0)
-    moving = ndimage.gaussian_filter(rng.normal(size=SHAPE), 3.0).astype(np.float32)
-    i = np.arange(SHAPE[0], dtype=np.float32)[:, None, None]
-    truth = np.zeros((*SHAPE, 3), dtype=np.float32)  # fixed voxels along array axes
-    truth[..., 0] = 5.0
-    truth[..., 1] = -3.0 + 2.0 * np.sin(np.pi * i / SHAPE[0])
-    truth[..., 2] = 2.0
-    coords = np.indices(SHAPE, dtype=np.float32) + np.moveaxis(truth, -1, 0)
-    fixed = 10.0 - ndimage.map_coordinates(moving, coords, order=1, mode="nearest")
+    moving, truth, warped = smooth_deformation_pair(SHAPE)
+    fixed = 10.0 - warped  # inverted contrast
     vox2world = oblique_vox2world(spacing=(SPACING_MM,) * 3)
     return Image(fixed.astype(np.float32), vox2world), {"0001": Image(moving + 10.0, vox2world)}, truth
 

@@ -195,8 +195,7 @@ def lc2(us: torch.Tensor, mr: torch.Tensor, mask: torch.Tensor, radius: int = 3)
     weighted by the US variance (flat patches, such as an anechoic cavity, weigh nothing).
     Images and mask ``(1, 1, I, J, K)``.
     """
-    _check_pair("us", us, "mr", mr)
     _check_mask("mask", mask, us)
-    explained, var_u = lc2_maps(us, mr, radius)
+    explained, var_u = lc2_maps(us, mr, radius)  # checks the pair
     w = (mask > 0).float()
     return float((w * explained).sum() / (w * var_u).sum().clamp_min(1e-12))
