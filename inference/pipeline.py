@@ -26,7 +26,12 @@ from remind2reg.inference.methods.base import MethodResult
 from remind2reg.inference.stages.deformable import adam_estimates, convex_estimates, fuse, shrink, zero_fields
 from remind2reg.inference.stages.embedding import embed_transforms
 from remind2reg.inference.stages.features import WorkingCase, extract_features
-from remind2reg.inference.stages.global_alignment import align_globally, header_alignment
+from remind2reg.inference.stages.global_alignment import (
+    align_globally,
+    checked_fixed2moving,
+    given_alignment,
+    header_alignment,
+)
 from remind2reg.inference.stages.guard import guard
 from remind2reg.inference.stages.refinement import refine_transforms
 from remind2reg.inference.stages.sector import Sector, find_sector
@@ -75,16 +80,21 @@ def propose(
     device: torch.device,
     clock: StageClock,
     sector_mask: NDArray[np.bool_] | None = None,
+    init_fixed2moving: NDArray[np.float64] | None = None,
 ) -> Proposal:
-    """The stages before the guard: sector, features, global stage, deformable (convex, Adam,
-    fusion, shrink toward rigid), refinement."""
+    """The stages before the guard: sector, features, global stage (or the given transform),
+    deformable (convex, Adam, fusion, shrink toward rigid), refinement."""
     case_id = case_name(fixed)
     sector = clock.run(
         "sector", find_sector, fixed, cfg.working_spacing_mm, cfg.crop_margin_mm, sector_mask, case_id
     )
     case = clock.run("features", extract_features, fixed, moving, sector, cfg.mind, device)
     groups = sequence_groups(tuple(moving), cfg.fusion)
-    if cfg.affine.method == "none":
+    if init_fixed2moving is not None:
+        aligned = clock.run(
+            "affine", given_alignment, fixed, case, sector, groups, init_fixed2moving, cfg.mind
+        )
+    elif cfg.affine.method == "none":
         aligned = header_alignment(case, groups)
     else:
         aligned = clock.run(
@@ -116,16 +126,29 @@ def run_pipeline(
     config: RegistrationConfig | None = None,
     device: torch.device | str = "cpu",
     sector_mask: NDArray[np.bool_] | None = None,
+    init_fixed2moving: NDArray[np.float64] | None = None,
 ) -> MethodResult:
     """Register the MR sequences ``moving`` (e.g. ``{"0001": ceT1, "0002": T2}``) to the US ``fixed``.
 
     ``sector_mask`` (full fixed grid) replaces the automatic US sector, e.g. to leave a region
-    without correspondence out. The fields map fixed to moving in fixed voxels:
+    without correspondence out. ``init_fixed2moving`` (4x4, world mm:
+    ``moving_world = init_fixed2moving @ fixed_world``) replaces the global stage, for every
+    sequence: a rigid from another tool, for example. The deformable stage starts from it and
+    the guard judges it as it judges a global stage's result (it may keep the input alignment
+    instead); it needs ``[affine] method = "none"`` (ValueError otherwise, and for a matrix
+    that is not a finite, invertible affine). The fields map fixed to moving in fixed voxels:
     ``warped(x) = moving(x + u(x))``.
     """
     cfg = config or RegistrationConfig()
+    if init_fixed2moving is not None:
+        init_fixed2moving = checked_fixed2moving(init_fixed2moving)
+        if cfg.affine.method != "none":
+            raise ValueError(
+                f'init_fixed2moving replaces the global stage: it needs [affine] method = "none", '
+                f"not {cfg.affine.method!r}"
+            )
     clock = StageClock()
-    proposal = propose(fixed, moving, cfg, torch.device(device), clock, sector_mask)
+    proposal = propose(fixed, moving, cfg, torch.device(device), clock, sector_mask, init_fixed2moving)
     checked = clock.run(
         "guard", guard, proposal.case.images, proposal.transforms, cfg.guard, case=case_name(fixed)
     )

@@ -3,8 +3,9 @@
 Engines: MIND-SSC block matching with a least-trimmed-squares fit
 (:mod:`remind2reg.inference.affine.blockmatch`, the groups' features matched jointly) or
 NiftyReg ``reg_aladin`` (:mod:`remind2reg.inference.affine.niftyreg`, on the first sequence
-of the group). The later stages register the pre-warped MR
-``prewarped(x) = mr(vox2vox @ x)`` (working voxels).
+of the group), or a transform given by the caller (:func:`given_alignment`, the FireANTs
+``init_affine=`` pattern: a rigid from another tool or a tracked probe). The later stages
+register the pre-warped MR ``prewarped(x) = mr(vox2vox @ x)`` (working voxels).
 """
 
 from __future__ import annotations
@@ -88,6 +89,47 @@ def fixed2moving_world(
     return run_aladin(fixed, moving[primary_sequence(group)], sector.mask, aladin).fixed2moving_world
 
 
+def checked_fixed2moving(matrix: object) -> NDArray[np.float64]:
+    """``matrix`` as a float64 4x4 map of fixed world mm to moving world mm; raises ValueError
+    unless it is finite, affine (last row ``0 0 0 1``) and invertible."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (4, 4):
+        raise ValueError(f"fixed2moving_world must be a 4x4 matrix, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("fixed2moving_world has non-finite entries")
+    if not np.allclose(m[3], (0.0, 0.0, 0.0, 1.0)):
+        raise ValueError(f"fixed2moving_world is not affine: last row {m[3].tolist()}, expected [0, 0, 0, 1]")
+    if abs(np.linalg.det(m[:3, :3])) < 1e-6:
+        raise ValueError("fixed2moving_world is singular")
+    return m
+
+
+@torch.no_grad()
+def prewarped(
+    case: WorkingCase,
+    sector: Sector,
+    fixed: Image,
+    matrices: Mapping[tuple[str, ...], NDArray[np.float64]],
+    mind: MindSettings,
+) -> GlobalResult:
+    """Each group's alignment from its ``fixed2moving_world`` matrix, and its MR images pre-warped
+    by it on the working grid (``prewarped(x) = mr(vox2vox @ x)``, trilinear) with their features
+    recomputed."""
+    w = sector.grid.vox2world(fixed.vox2world)
+    w_inv = np.linalg.inv(w)
+    shape = tuple(case.images.us.shape[-3:])
+    alignments, warped = [], {}
+    for group, matrix in matrices.items():
+        vox2vox = w_inv @ matrix @ w  # working voxel -> working voxel
+        alignments.append(Alignment(group, matrix, vox2vox))
+        for mod in group:
+            warped[mod] = warp(case.images.mr[mod], affine_field(vox2vox, shape, case.images.us.device))  # type: ignore[arg-type]
+    dtype = feature_dtype(case.images.us.device)
+    images = WorkingImages(case.images.us, case.images.mask, warped)
+    features = Features(case.features.us, mr_features(warped, mind, dtype))
+    return GlobalResult(tuple(alignments), WorkingCase(images, features))
+
+
 @torch.no_grad()
 def align_globally(
     fixed: Image,
@@ -98,18 +140,19 @@ def align_globally(
     settings: AffineStageSettings,
     mind: MindSettings,
 ) -> GlobalResult:
-    """Align each group, then pre-warp its MR images and recompute their features."""
-    w = sector.grid.vox2world(fixed.vox2world)
-    w_inv = np.linalg.inv(w)
-    shape = tuple(case.images.us.shape[-3:])
-    alignments, warped = [], {}
-    for group in groups:
-        matrix = fixed2moving_world(fixed, moving, case, sector, group, settings, mind)
-        vox2vox = w_inv @ matrix @ w  # working voxel -> working voxel
-        alignments.append(Alignment(group, matrix, vox2vox))
-        for mod in group:
-            warped[mod] = warp(case.images.mr[mod], affine_field(vox2vox, shape, case.images.us.device))  # type: ignore[arg-type]
-    dtype = feature_dtype(case.images.us.device)
-    images = WorkingImages(case.images.us, case.images.mask, warped)
-    features = Features(case.features.us, mr_features(warped, mind, dtype))
-    return GlobalResult(tuple(alignments), WorkingCase(images, features))
+    """Align each group by the configured engine, then pre-warp its MR images and recompute their features."""
+    matrices = {g: fixed2moving_world(fixed, moving, case, sector, g, settings, mind) for g in groups}
+    return prewarped(case, sector, fixed, matrices, mind)
+
+
+def given_alignment(
+    fixed: Image,
+    case: WorkingCase,
+    sector: Sector,
+    groups: tuple[tuple[str, ...], ...],
+    fixed2moving: NDArray[np.float64],
+    mind: MindSettings,
+) -> GlobalResult:
+    """The global stage replaced by a given transform, the same for every group
+    (``moving_world = fixed2moving @ fixed_world``); later stages treat it as the global stage's."""
+    return prewarped(case, sector, fixed, {g: checked_fixed2moving(fixed2moving) for g in groups}, mind)
