@@ -14,7 +14,12 @@ that the costs and the guard use (``--rim-mm`` sets the rim). ``--from-input`` s
 input alignment instead and prints the official TRE (with ``--exclude-cavity``: what the oracle
 mask does to a normal registration). ``--fixed-from-mr`` replaces the US by the aligned ceT1
 inside the US sector: the same grids, sector and landmarks without the ultrasound appearance, so
-any drift left is the method's own (a mechanics check).
+any drift left is the method's own (a mechanics check). ``--exact-global DEG MM`` moves the
+aligned MR by a known rigid motion (per case, seeded: rotation angles and translations drawn
+uniformly up to DEG degrees and MM mm about the sector's centre; the MR resampled by a cubic
+spline) and passes that motion to the pipeline as its global stage (``init_fixed2moving``): the
+drift is then measured from it, so it shows what an exact global stage (the MR pre-warped on the
+working grid) does to the deformable stage.
 
 ``--cases all`` takes every case of ``--data``. ``--json FILE`` writes each pair's drift (or TRE)
 and the run's settings; ``--baseline FILE`` (an earlier ``--json``) then prints this run against
@@ -33,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from remind2reg.evaluation.metrics import sample_displacement, target_registration_error
 from remind2reg.evaluation.paired import compare_per_case
@@ -52,6 +58,27 @@ def warped_by_truth(moving: Image, truth_vox: np.ndarray) -> Image:
     """``moving(x + u_true(x))`` on the fixed grid (trilinear): the perfectly aligned MR."""
     coords = np.indices(truth_vox.shape[:3], dtype=np.float32) + np.moveaxis(truth_vox, -1, 0)
     return Image(ndimage.map_coordinates(moving.array, coords, order=1).astype(np.float32), moving.vox2world)
+
+
+def known_rigid_motion(fixed: Image, seed: int, max_deg: float, max_mm: float) -> np.ndarray:
+    """A rigid ``fixed2moving_world`` about the centre of the US sector: rotation angles (xyz,
+    degrees) and translation (mm) drawn uniformly in ``[-max, max]``, seeded by ``seed``."""
+    rng = np.random.default_rng(seed)
+    centre_vox = np.argwhere(sector_mask(fixed.array)).mean(axis=0)
+    centre = fixed.vox2world[:3, :3] @ centre_vox + fixed.vox2world[:3, 3]
+    rotation = Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg, 3), degrees=True).as_matrix()
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = centre + rng.uniform(-max_mm, max_mm, 3) - rotation @ centre
+    return motion
+
+
+def moved_by(image: Image, fixed2moving_world: np.ndarray) -> Image:
+    """The image moved so that ``moved(M y) = image(y)`` (world; ``M = fixed2moving_world``), on
+    the same grid: ``moved(z) = image(inv(M) z)``, cubic spline."""
+    vox2vox = np.linalg.inv(image.vox2world) @ np.linalg.inv(fixed2moving_world) @ image.vox2world
+    moved = ndimage.affine_transform(image.array, vox2vox, order=3, mode="constant")
+    return Image(moved.astype(np.float32), image.vox2world)
 
 
 def main() -> None:
@@ -76,11 +103,20 @@ def main() -> None:
         action="store_true",
         help="mechanics check: the fixed image is the aligned ceT1 inside the US sector (no US appearance)",
     )
+    parser.add_argument(
+        "--exact-global",
+        nargs=2,
+        type=float,
+        metavar=("DEG", "MM"),
+        help="move the aligned MR by a known rigid motion up to DEG degrees / MM mm and give it as the global stage",
+    )
     parser.add_argument("--json", type=Path, help="write every pair's value and the settings here")
     parser.add_argument("--baseline", type=Path, help="an earlier --json: compare with it, paired per case")
     args = parser.parse_args()
     if args.fixed_from_mr and args.from_input:
         parser.error("--fixed-from-mr needs the truth-warped MR: it cannot be combined with --from-input")
+    if args.exact_global and args.from_input:
+        parser.error("--exact-global moves the truth-warped MR: it cannot be combined with --from-input")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,9 +156,17 @@ def main() -> None:
             labels = read_image(args.data / "groundtruth" / f"labels_{case}_0000.nii.gz", case).array
             rim = round(args.rim_mm / float(np.mean(fixed.spacing)))
             mask = sector_mask(fixed.array) & ~ndimage.binary_dilation(labels == 6, iterations=rim)
-        result = run_pipeline(fixed, moving, config, sector_mask=mask)
+        motion = None  # fixed2moving_world of --exact-global: moved(motion @ x) = aligned(x)
+        if args.exact_global:
+            motion = known_rigid_motion(fixed, int(case), *args.exact_global)
+            moving = {mod: moved_by(img, motion) for mod, img in moving.items()}
+        result = run_pipeline(fixed, moving, config, sector_mask=mask, init_fixed2moving=motion)
         landmarks = read_landmarks_csv(landmark_path(group[0].fixed))
         spacing = voxel_spacing(fixed.vox2world)
+        target = np.zeros_like(landmarks)  # where x + u(x) should be, minus x (fixed voxels)
+        if motion is not None:
+            vox2vox = np.linalg.inv(fixed.vox2world) @ motion @ fixed.vox2world
+            target = landmarks @ vox2vox[:3, :3].T + vox2vox[:3, 3] - landmarks
         for mod, field in result.fields.items():
             if args.from_input:  # the official TRE of the registration (drift columns left blank)
                 pair = next(p for p in group if p.moving_name.modality == mod)
@@ -132,7 +176,7 @@ def main() -> None:
                 rows.append({"case": case, "modality": mod, "value": tre, "accepted": verdict == "accepted"})
                 print(f"{case}  {mod}  TRE {tre:.2f} mm  {verdict}", flush=True)
                 continue
-            u = sample_displacement(field, landmarks, order=1)  # (N, 3) fixed voxels
+            u = sample_displacement(field, landmarks, order=1) - target  # (N, 3) fixed voxels
             u_mm = u * spacing
             drift = float(np.linalg.norm(u_mm, axis=1).mean())
             mean = u_mm.mean(axis=0)  # the systematic part of the drift (a translation)
