@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.settings import GuardSettings, MindSettings
 from remind2reg.inference.stages.features import extract_features
 from remind2reg.inference.stages.guard import choose, guard, jitter, jitter_shifts
+from remind2reg.inference.stages.guard import criterion as criterion_value
 from remind2reg.inference.stages.sector import find_sector
 from remind2reg.inference.stages.transforms import Alignment, GroupTransform
 
@@ -94,7 +98,7 @@ def test_guard_keeps_the_input_alignment_for_an_unrelated_mr():
 
 
 @pytest.mark.parametrize("criterion", ["nmi", "lc2"])
-def test_guard_keeps_the_global_stage_when_the_field_after_it_harms(criterion):
+def test_guard_keeps_the_global_stage_when_the_field_after_it_harms(criterion, caplog):
     """Candidates simplest first: a correct global shift followed by a harmful field keeps the
     global shift alone; followed by nothing it keeps it too; a correct field is kept whole."""
     moving_np = _volume(2) + 3.0
@@ -110,9 +114,16 @@ def test_guard_keeps_the_global_stage_when_the_field_after_it_harms(criterion):
     harmful = torch.zeros_like(shift)
     harmful[:, 1] = 3.0
     settings = GuardSettings(criterion=criterion, relative_margin=0.0)
-    result = guard(images, (GroupTransform(alignment, harmful),), settings)
+    with caplog.at_level(logging.WARNING, logger="remind2reg.inference.stages.guard"):
+        result = guard(images, (GroupTransform(alignment, harmful),), settings, case="0007")
     kept = result.transforms[0]
     assert result.decisions["0001"] == "global stage" and kept.alignment.fixed2moving_world is not None
+    # the message reports the full result against the candidate it lost to, the global stage
+    (message,) = [r.getMessage() for r in caplog.records if r.name.endswith("stages.guard")]
+    assert "Case 0007: registering 0001 did not raise the" in message and "over the global stage" in message
+    before, after = (float(v) for v in re.search(r"\((-?[\d.]+) -> (-?[\d.]+)", message).groups())
+    global_score = criterion_value(images, "0001", kept.total_field(), settings)
+    assert abs(before - global_score) < 1e-3 and after < before
     assert float(kept.disp.abs().max()) == 0.0 and result.confidence["0001"] > 0
     result = guard(images, (GroupTransform(Alignment(("0001",)), shift),), settings)
     assert result.decisions["0001"] == "full" and torch.equal(result.transforms[0].disp, shift)

@@ -205,17 +205,22 @@ def guard(
                 evidence[mod] = gain / max(jitters[name], 1e-12)
         if name == FULL:
             continue
+        # The full result was judged against the candidate kept (the input, or the global stage
+        # when that one had beaten the input): report its gain over that one.
+        over_kept = sum(scores[FULL]) - sum(scores[name])
         why = ""
         if FULL in jitters:
             why = (
-                f"; the gain is {full_gain / max(jitters[FULL], 1e-12):.2f} times the change under "
+                f"; the gain is {over_kept / max(jitters[FULL], 1e-12):.2f} times the change under "
                 f"{settings.jitter_voxels:g}-voxel shifts, more than {settings.relative_margin:g} is needed"
             )
-        for mod in t.modalities:
+        elif settings.min_gain > 0:
+            why = f"; the gain is {over_kept:.4f}, more than {settings.min_gain:g} is needed"
+        for i, mod in enumerate(t.modalities):
             log.warning(
-                "Case %s: registering %s did not raise the %s with the ultrasound enough (%.4f -> %.4f%s); "
-                "keeping the %s",
-                case, mod, settings.criterion.upper(), *before_after[mod], why, name,
+                "Case %s: registering %s did not raise the %s with the ultrasound enough over the %s "
+                "(%.4f -> %.4f%s); keeping the %s",
+                case, mod, settings.criterion.upper(), name, scores[name][i], scores[FULL][i], why, name,
             )  # fmt: skip
             if name == IDENTITY:
                 fallbacks.append(mod)
