@@ -261,6 +261,11 @@ class AdamSettings:
     feature_pool: int = 2  # features are averaged by this factor for the similarity (speed)
     iterations: int = 50
     learning_rate: float = 0.5  # coarse voxels
+    # Adam's eps (loss units per coarse-grid parameter): Adam divides each parameter's step by
+    # the root mean square of its gradients plus eps, so with torch's 1e-8 a weak but
+    # consistent gradient moves the field by full steps; an eps of the order of the gradient
+    # lets steps shrink with the evidence (docs/benchmark.md, "Morning round").
+    eps: float = 1e-8
     regularisation: float = 0.5  # lambda of the diffusion penalty
     smoothing_passes: int = 3  # 3^3 box filters applied to v at each step
     squaring_steps: int = 5
@@ -288,6 +293,7 @@ class AdamSettings:
         _positive("feature_pool", self.feature_pool)
         _non_negative("iterations", self.iterations)
         _positive("learning_rate", self.learning_rate)
+        _positive("eps", self.eps)
         _non_negative("regularisation", self.regularisation)
         _non_negative("smoothing_passes", self.smoothing_passes)
         _non_negative("squaring_steps", self.squaring_steps)

@@ -116,7 +116,7 @@ def instance_optimise(
                 1, keepdim=True
             )
             scale = settings.robust * (start * weight).sum() / weight.sum().clamp_min(1.0)
-    optimiser = torch.optim.Adam([velocity], lr=settings.learning_rate)
+    optimiser = torch.optim.Adam([velocity], lr=settings.learning_rate, eps=settings.eps)
     n_it = max(settings.iterations, 1)
     if settings.schedule == "linear":  # step i uses lr * (1 - i / n): the last step is lr / n
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 1.0 - i / n_it)
