@@ -7,6 +7,8 @@ vector scaling, axis order) shows up as a biased recovered displacement.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -126,15 +128,27 @@ def test_affine_stage_then_deformable_composes_to_the_known_transform(deformable
     assert initial > 3.0 and error_mm.mean() < 0.5, (initial, error_mm.mean())
 
 
-@pytest.mark.parametrize("spacing", [(0.5, 0.5, 0.5), (0.7, 0.5, 0.9)])
-def test_global_stage_and_deformable_field_compose_in_the_stated_order(spacing):
-    """Truth = a rigid motion after a smooth non-rigid one: fixed voxel ``x`` matches moving
-    voxel ``y(x) = R (x + n(x))`` (``R`` 6 degrees and 4 mm, ``n`` up to 2.5 mm). The global
-    stage can only find ``R``; the deformable field, estimated on the MR pre-warped by it, must
-    supply ``n`` and be written as ``A (x + d(x))``. Measured: the global stage alone 1.9-2.0 mm
-    from the truth, the result 0.34-0.38 mm; written in the other order (``d`` taken at ``A x``,
-    i.e. ``x + u(x) = A x + d(A x)``) 0.67-0.76 mm, which the 0.5 mm bound catches."""
-    from remind2reg.inference.geometry import affine_displacement, voxel_spacing
+@dataclass(frozen=True)
+class RigidAfterBend:
+    """A pair whose truth is a rigid motion after a smooth non-rigid one: fixed voxel ``x``
+    matches moving voxel ``y(x) = R (x + n(x))`` (``R`` about the grid's centre; ``n`` one sine
+    wave over the 40 mm of axis 0, 2.5 / 2 mm along axes 1 / 2), inverted contrast, oblique grid."""
+
+    fixed: Image
+    moving: Image
+    rigid: np.ndarray  # R, fixed2moving_world (world mm)
+    truth: np.ndarray  # y(x) - x, (I, J, K, 3) voxels
+    non_rigid: np.ndarray  # n(x), voxels
+    mm: np.ndarray  # voxel size
+    inner: tuple[slice, ...]  # 8 mm from the border
+
+    def error(self, field: np.ndarray) -> float:
+        """Mean distance (mm) of ``field`` from the truth inside ``inner``."""
+        return float(np.linalg.norm((field - self.truth)[self.inner] * self.mm, axis=-1).mean())
+
+
+def rigid_after_bend(spacing, angles_deg, shift_mm) -> RigidAfterBend:
+    from remind2reg.inference.geometry import voxel_spacing
 
     shape = tuple(round(s0 * 0.5 / s) for s0, s in zip(SHAPE, spacing, strict=True))
     rng = np.random.default_rng(3)
@@ -143,7 +157,7 @@ def test_global_stage_and_deformable_field_compose_in_the_stated_order(spacing):
     sigma = np.array([0.5 / s for s in spacing])
     moving = (ndimage.gaussian_filter(rng.normal(size=shape), 3.0 * sigma) > 0).astype(np.float32) + 1.0
     moving += 0.2 * ndimage.gaussian_filter(rng.normal(size=shape), 1.5 * sigma).astype(np.float32)
-    rigid = _rotation_about_centre(vox2world, shape, (3.0, -4.0, 3.0), (2.5, -2.0, 2.0))
+    rigid = _rotation_about_centre(vox2world, shape, angles_deg, shift_mm)
     rigid_vox = np.linalg.inv(vox2world) @ rigid @ vox2world  # voxel -> voxel
     x = np.stack(np.indices(shape, dtype=np.float64), axis=-1)  # (I, J, K, 3) voxels
     phase = 2 * np.pi * (x[..., 0] * mm[0]) / 40.0  # one wave over the 40 mm of axis 0
@@ -153,23 +167,34 @@ def test_global_stage_and_deformable_field_compose_in_the_stated_order(spacing):
     y = (x + non_rigid) @ rigid_vox[:3, :3].T + rigid_vox[:3, 3]  # y = R (x + n(x))
     fixed = ndimage.map_coordinates(moving, np.moveaxis(y, -1, 0), order=1, mode="nearest")
     fixed = np.where(fixed > 0, 4.0 - fixed, 0.0).astype(np.float32)  # inverted contrast
-    expected = y - x
     inner = tuple(slice(round(8 / s), -round(8 / s)) for s in spacing)
+    return RigidAfterBend(
+        Image(fixed, vox2world), Image(moving, vox2world), rigid, y - x, non_rigid, mm, inner
+    )
 
-    def error(field: np.ndarray) -> float:
-        return float(np.linalg.norm((field - expected)[inner] * mm, axis=-1).mean())
 
+@pytest.mark.parametrize("spacing", [(0.5, 0.5, 0.5), (0.7, 0.5, 0.9)])
+def test_global_stage_and_deformable_field_compose_in_the_stated_order(spacing):
+    """Truth = a rigid motion after a smooth non-rigid one: fixed voxel ``x`` matches moving
+    voxel ``y(x) = R (x + n(x))`` (``R`` 6 degrees and 4 mm, ``n`` up to 2.5 mm). The global
+    stage can only find ``R``; the deformable field, estimated on the MR pre-warped by it, must
+    supply ``n`` and be written as ``A (x + d(x))``. Measured: the global stage alone 1.9-2.0 mm
+    from the truth, the result 0.34-0.38 mm; written in the other order (``d`` taken at ``A x``,
+    i.e. ``x + u(x) = A x + d(A x)``) 0.67-0.76 mm, which the 0.5 mm bound catches."""
+    from remind2reg.inference.geometry import affine_displacement
+
+    case = rigid_after_bend(spacing, (3.0, -4.0, 3.0), (2.5, -2.0, 2.0))
     config = RegistrationConfig(
         crop_margin_mm=0.0,
         affine=AffineStageSettings(method="blockmatch", transform="rigid"),
         adam=AdamSettings(iterations=40, feature_pool=1),
         guard=GuardSettings(enabled=False),
     )
-    result = ConvexAdamMethod(config)(Image(fixed, vox2world), {"0001": Image(moving, vox2world)})
+    result = ConvexAdamMethod(config)(case.fixed, {"0001": case.moving})
     matrix = np.asarray(result.notes["fixed2moving_world_0001"])
-    global_alone = error(affine_displacement(matrix, vox2world, shape))
-    full = error(result.fields["0001"])
-    n_mm = float(np.linalg.norm(non_rigid[inner] * mm, axis=-1).mean())
+    global_alone = case.error(affine_displacement(matrix, case.fixed.vox2world, case.fixed.shape))
+    full = case.error(result.fields["0001"])
+    n_mm = float(np.linalg.norm(case.non_rigid[case.inner] * case.mm, axis=-1).mean())
     assert n_mm > 1.5 and global_alone > 0.6 * n_mm, (n_mm, global_alone)
     assert full < 0.5 and full < global_alone - 0.5 * n_mm, (full, global_alone, n_mm)
 
@@ -200,45 +225,19 @@ def test_a_given_global_transform_is_the_start_of_the_deformable_stage():
     """Truth ``y(x) = R (x + n(x))`` as in the test above; given the exact ``R``, the deformable
     stage supplies ``n`` and the result is written as ``R (x + d(x))``: within 0.5 mm of the truth
     (measured: 0.40 mm; the given rigid alone leaves 2.24 mm, the size of ``n``)."""
-    from remind2reg.inference.geometry import affine_displacement, voxel_spacing
+    from remind2reg.inference.geometry import affine_displacement
     from remind2reg.inference.pipeline import run_pipeline
 
-    spacing = (0.7, 0.5, 0.9)
-    shape = tuple(round(s0 * 0.5 / s) for s0, s in zip(SHAPE, spacing, strict=True))
-    rng = np.random.default_rng(3)
-    vox2world = oblique_vox2world(spacing=spacing)
-    mm = voxel_spacing(vox2world)
-    sigma = np.array([0.5 / s for s in spacing])
-    moving = (ndimage.gaussian_filter(rng.normal(size=shape), 3.0 * sigma) > 0).astype(np.float32) + 1.0
-    moving += 0.2 * ndimage.gaussian_filter(rng.normal(size=shape), 1.5 * sigma).astype(np.float32)
-    rigid = _rotation_about_centre(vox2world, shape, (10.0, -6.0, 5.0), (4.0, -3.0, 2.0))
-    rigid_vox = np.linalg.inv(vox2world) @ rigid @ vox2world
-    x = np.stack(np.indices(shape, dtype=np.float64), axis=-1)
-    phase = 2 * np.pi * (x[..., 0] * mm[0]) / 40.0
-    non_rigid = np.zeros_like(x)
-    non_rigid[..., 1] = 2.5 * np.sin(phase) / mm[1]
-    non_rigid[..., 2] = -2.0 * np.sin(phase) / mm[2]
-    y = (x + non_rigid) @ rigid_vox[:3, :3].T + rigid_vox[:3, 3]  # y = R (x + n(x))
-    fixed = ndimage.map_coordinates(moving, np.moveaxis(y, -1, 0), order=1, mode="nearest")
-    fixed = np.where(fixed > 0, 4.0 - fixed, 0.0).astype(np.float32)  # inverted contrast
-    inner = tuple(slice(round(8 / s), -round(8 / s)) for s in spacing)
-
-    def error(field: np.ndarray) -> float:
-        return float(np.linalg.norm((field - (y - x))[inner] * mm, axis=-1).mean())
-
+    case = rigid_after_bend((0.7, 0.5, 0.9), (10.0, -6.0, 5.0), (4.0, -3.0, 2.0))
     config = RegistrationConfig(
         crop_margin_mm=0.0,
         adam=AdamSettings(iterations=40, feature_pool=1),
         guard=GuardSettings(enabled=False),
     )
-    result = run_pipeline(
-        Image(fixed, vox2world), {"0001": Image(moving, vox2world)}, config, init_fixed2moving=rigid
-    )
-    given_alone = error(affine_displacement(rigid, vox2world, shape))
-    assert given_alone > 1.5 and error(result.fields["0001"]) < 0.5, (
-        given_alone,
-        error(result.fields["0001"]),
-    )
+    result = run_pipeline(case.fixed, {"0001": case.moving}, config, init_fixed2moving=case.rigid)
+    given_alone = case.error(affine_displacement(case.rigid, case.fixed.vox2world, case.fixed.shape))
+    full = case.error(result.fields["0001"])
+    assert given_alone > 1.5 and full < 0.5, (given_alone, full)
 
 
 def test_a_given_global_transform_is_checked():
