@@ -284,6 +284,11 @@ class AdamSettings:
     # "constant", or "linear": the learning rate falls linearly to 0 over the iterations, so
     # the last iterate settles instead of following the noise of the jittered samples
     schedule: str = "constant"
+    # Linear warm-up: step i (from 0) uses lr * min(1, (i + 1) / warmup) (times the schedule's
+    # factor); 0: none. Adam's first steps move every parameter by about the full learning rate
+    # whatever its gradient (its second-moment estimate is still a single sample), which can
+    # throw the field out of the basin of the truth (docs/benchmark.md, "Morning round").
+    warmup: int = 0
 
     def __post_init__(self) -> None:
         _non_negative("robust", self.robust)
@@ -292,6 +297,7 @@ class AdamSettings:
         _positive("grid_sp", self.grid_sp)
         _positive("feature_pool", self.feature_pool)
         _non_negative("iterations", self.iterations)
+        _non_negative("warmup", self.warmup)
         _positive("learning_rate", self.learning_rate)
         _positive("eps", self.eps)
         _non_negative("regularisation", self.regularisation)

@@ -20,7 +20,7 @@ from remind2reg.inference.core.fields import (
 )
 from remind2reg.inference.core.losses import diffusion_penalty, geman_mcclure, masked_ssd, robust_masked_ssd
 from remind2reg.inference.deformable.convex import coupled_convex, inverse_consistent
-from remind2reg.inference.deformable.instance import instance_optimise
+from remind2reg.inference.deformable.instance import instance_optimise, lr_factor
 from remind2reg.inference.settings import AdamSettings
 
 SHAPE = (20, 24, 18)
@@ -163,6 +163,39 @@ def test_adam_eps_makes_the_step_follow_the_strength_of_the_evidence():
     assert first_step(0.1, 1e-6) < 0.5 * plain
     with pytest.raises(ValueError, match="eps"):
         AdamSettings(eps=0.0)
+
+
+def test_the_learning_rate_schedule_and_its_warm_up():
+    """``lr_factor``: constant 1 by default; "linear" falls to 1 / iterations; a warm-up of W
+    steps ramps (i + 1) / W and multiplies the schedule; wired into Adam, a 10-step warm-up
+    makes the first step a tenth of the plain one (Adam's first step is proportional to lr)."""
+    plain = AdamSettings(iterations=8)
+    assert [lr_factor(i, plain) for i in range(8)] == [1.0] * 8
+    linear = AdamSettings(iterations=8, schedule="linear")
+    assert np.allclose([lr_factor(i, linear) for i in range(8)], 1 - np.arange(8) / 8)
+    warm = AdamSettings(iterations=8, warmup=4)
+    assert np.allclose([lr_factor(i, warm) for i in range(8)], [0.25, 0.5, 0.75, 1, 1, 1, 1, 1])
+    both = AdamSettings(iterations=8, warmup=4, schedule="linear")
+    assert np.allclose(
+        [lr_factor(i, both) for i in range(8)], np.minimum(1, (np.arange(8) + 1) / 4) * (1 - np.arange(8) / 8)
+    )
+    with pytest.raises(ValueError, match="warmup"):
+        AdamSettings(warmup=-1)
+
+    rng = np.random.default_rng(4)
+    moving = _t(ndimage.gaussian_filter(rng.normal(size=(6, *SHAPE)), (0, 1.5, 1.5, 1.5)))[None]
+    true = torch.zeros(1, 3, *SHAPE)
+    true[:, 0] = 0.6
+    inner = (0, 0, slice(5, -5), slice(5, -5), slice(5, -5))
+
+    def first_step(warmup: int) -> float:
+        settings = AdamSettings(
+            iterations=1, learning_rate=0.1, feature_pool=1, regularisation=0.0, warmup=warmup
+        )
+        disp, _ = instance_optimise(warp(moving, true), moving, torch.zeros_like(true), None, settings)
+        return float(disp[inner].mean())
+
+    assert abs(first_step(10) / first_step(0) - 0.1) < 0.02
 
 
 def test_inverse_consistency_makes_round_trips_closer_to_identity():

@@ -90,6 +90,16 @@ def sample_pair(
     return warp(fixed, constant), warp(weight, constant), warp(moving, disp + constant)
 
 
+def lr_factor(step: int, settings: AdamSettings) -> float:
+    """The learning rate of step ``step`` (from 0) over ``settings.learning_rate``: the warm-up's
+    ``min(1, (step + 1) / warmup)`` times the schedule's ``1 - step / iterations`` ("linear":
+    the last step is lr / iterations) or 1 ("constant")."""
+    factor = 1.0 - step / max(settings.iterations, 1) if settings.schedule == "linear" else 1.0
+    if settings.warmup > 0:
+        factor *= min(1.0, (step + 1) / settings.warmup)
+    return factor
+
+
 def instance_optimise(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -117,11 +127,9 @@ def instance_optimise(
             )
             scale = settings.robust * (start * weight).sum() / weight.sum().clamp_min(1.0)
     optimiser = torch.optim.Adam([velocity], lr=settings.learning_rate, eps=settings.eps)
-    n_it = max(settings.iterations, 1)
-    if settings.schedule == "linear":  # step i uses lr * (1 - i / n): the last step is lr / n
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 1.0 - i / n_it)
-    else:
-        scheduler = None
+    scheduler = None
+    if settings.schedule == "linear" or settings.warmup > 0:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: lr_factor(i, settings))
 
     def displacement() -> tuple[torch.Tensor, torch.Tensor]:
         coarse = scaling_and_squaring(
