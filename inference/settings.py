@@ -262,9 +262,9 @@ class AdamSettings:
     iterations: int = 50
     learning_rate: float = 0.5  # coarse voxels
     # Adam's eps (loss units per coarse-grid parameter): Adam divides each parameter's step by
-    # the root mean square of its gradients plus eps, so with torch's 1e-8 a weak but
-    # consistent gradient moves the field by full steps; an eps of the order of the gradient
-    # lets steps shrink with the evidence (docs/benchmark.md, "Morning round").
+    # the root mean square of its gradients plus eps, so with torch's 1e-8 its steps are about
+    # the learning rate whatever the gradient's size; an eps of the order of the gradient (about
+    # 1e-5 at the start) lets steps shrink with it (docs/benchmark.md, "Morning round").
     eps: float = 1e-8
     regularisation: float = 0.5  # lambda of the diffusion penalty
     smoothing_passes: int = 3  # 3^3 box filters applied to v at each step

@@ -140,8 +140,9 @@ def test_instance_optimisation_lowers_its_loss_and_refines_a_subvoxel_shift():
 def test_adam_eps_makes_the_step_follow_the_strength_of_the_evidence():
     """Adam divides each step by the size of its gradients, so with a negligible eps the same
     shift seen through features 10 times weaker (gradients 100 times smaller) is followed just
-    as far: the weak evidence at full speed (how the default slides 10-17 mm from the truth on
-    two weak-contrast cases). An eps between the two gradient scales slows the weak pair's
+    as far: the step ignores the strength of the evidence (with the default's full-size first
+    steps, two weak-contrast cases slide 10-17 mm from the truth). An eps between the two
+    gradient scales slows the weak pair's
     step, not the strong one's. Measured on Adam's first step (no overshoot, no regulariser):
     0.475 voxels either way with eps 1e-10; with eps 1e-6 0.468 and 0.190. A non-positive eps
     is refused."""
