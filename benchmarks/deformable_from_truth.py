@@ -44,7 +44,7 @@ from remind2reg.evaluation.metrics import sample_displacement, target_registrati
 from remind2reg.evaluation.paired import compare_per_case
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.core.sector import sector_mask
-from remind2reg.inference.geometry import voxel_spacing
+from remind2reg.inference.geometry import apply_affine, resample_to_grid, voxel_spacing
 from remind2reg.inference.io.dataset import find_pairs, landmark_path
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.landmarks import read_landmarks_csv
@@ -65,7 +65,7 @@ def known_rigid_motion(fixed: Image, seed: int, max_deg: float, max_mm: float) -
     degrees) and translation (mm) drawn uniformly in ``[-max, max]``, seeded by ``seed``."""
     rng = np.random.default_rng(seed)
     centre_vox = np.argwhere(sector_mask(fixed.array)).mean(axis=0)
-    centre = fixed.vox2world[:3, :3] @ centre_vox + fixed.vox2world[:3, 3]
+    centre = apply_affine(fixed.vox2world, centre_vox[None])[0]
     rotation = Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg, 3), degrees=True).as_matrix()
     motion = np.eye(4)
     motion[:3, :3] = rotation
@@ -76,9 +76,11 @@ def known_rigid_motion(fixed: Image, seed: int, max_deg: float, max_mm: float) -
 def moved_by(image: Image, fixed2moving_world: np.ndarray) -> Image:
     """The image moved so that ``moved(M y) = image(y)`` (world; ``M = fixed2moving_world``), on
     the same grid: ``moved(z) = image(inv(M) z)``, cubic spline."""
-    vox2vox = np.linalg.inv(image.vox2world) @ np.linalg.inv(fixed2moving_world) @ image.vox2world
-    moved = ndimage.affine_transform(image.array, vox2vox, order=3, mode="constant")
-    return Image(moved.astype(np.float32), image.vox2world)
+    inverse = np.linalg.inv(fixed2moving_world)  # moved(z) = image(inv(M) z): the map z -> inv(M) z
+    moved = resample_to_grid(
+        image.array, image.vox2world, image.shape, image.vox2world, order=3, fixed2moving_world=inverse
+    )
+    return Image(moved, image.vox2world)
 
 
 def main() -> None:
@@ -166,7 +168,7 @@ def main() -> None:
         target = np.zeros_like(landmarks)  # where x + u(x) should be, minus x (fixed voxels)
         if motion is not None:
             vox2vox = np.linalg.inv(fixed.vox2world) @ motion @ fixed.vox2world
-            target = landmarks @ vox2vox[:3, :3].T + vox2vox[:3, 3] - landmarks
+            target = apply_affine(vox2vox, landmarks) - landmarks
         for mod, field in result.fields.items():
             if args.from_input:  # the official TRE of the registration (drift columns left blank)
                 pair = next(p for p in group if p.moving_name.modality == mod)

@@ -154,5 +154,6 @@ def given_alignment(
     mind: MindSettings,
 ) -> GlobalResult:
     """The global stage replaced by a given transform, the same for every group
-    (``moving_world = fixed2moving @ fixed_world``); later stages treat it as the global stage's."""
-    return prewarped(case, sector, fixed, {g: checked_fixed2moving(fixed2moving) for g in groups}, mind)
+    (``moving_world = fixed2moving @ fixed_world``; checked by the caller with
+    :func:`checked_fixed2moving`); later stages treat it as the global stage's."""
+    return prewarped(case, sector, fixed, dict.fromkeys(groups, fixed2moving), mind)
