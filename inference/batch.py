@@ -23,6 +23,11 @@ Batch policy (:func:`register_folder`):
   the CPU torch runs its deterministic algorithms: the same input and seed give bit-identical
   fields, whatever cases came before (so a resumed run equals a full one).
 * **GPU memory.** A case that runs out of CUDA memory is retried on the CPU, with a warning.
+* **Initial transforms** (``init_transforms``, a folder): each case starts from the transform
+  file named after its ultrasound (:mod:`remind2reg.inference.io.transform_files`). A case
+  whose file is missing, ambiguous or unreadable fails alone, like any bad input; the file
+  used is recorded in ``timings.json`` (``init_transform``). Checked before anything is
+  written: the folder exists, and the method can start from a transform.
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ from typing import Literal
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.device import set_deterministic_algorithms
-from remind2reg.inference.errors import InputError
+from remind2reg.inference.errors import InputError, UsageError
 from remind2reg.inference.io.atomic import atomic_path, remove_stale_partials
 from remind2reg.inference.io.cases import load_fixed, load_moving
 from remind2reg.inference.io.dataset import Discovery, PairProblem, RegistrationPair, discover
@@ -54,6 +60,7 @@ from remind2reg.inference.io.displacement import read_displacement, write_displa
 from remind2reg.inference.io.lock import folder_lock
 from remind2reg.inference.io.nifti import Image, read_header
 from remind2reg.inference.io.timings import PairRecord, pair_entries, write_timings
+from remind2reg.inference.io.transform_files import check_init_folder, find_init_transform, read_fixed2moving
 from remind2reg.inference.methods import make_method
 from remind2reg.inference.methods.base import Method, MethodResult
 from remind2reg.inference.settings import ON_ERROR_POLICIES
@@ -150,13 +157,20 @@ class Engine:
     method: Method | None = field(default=None, init=False, repr=False)  # built on first use
     cpu_fallback: Method | None = field(default=None, init=False, repr=False)
 
-    def __call__(self, fixed: Image, moving: dict[str, Image], case: str) -> tuple[MethodResult, str]:
-        """Run the method on one case; returns its result and the device it ran on."""
+    def __call__(
+        self,
+        fixed: Image,
+        moving: dict[str, Image],
+        case: str,
+        init_fixed2moving: NDArray[np.float64] | None = None,
+    ) -> tuple[MethodResult, str]:
+        """Run the method on one case (from ``init_fixed2moving`` when given); returns its result
+        and the device it ran on."""
         if self.method is None:
             self.method = make_method(self.name, self.config, self.device)
         try:
             with seeded(self.seed, self.device):
-                return self.method(fixed, moving), self.device
+                return self.method(fixed, moving, init_fixed2moving), self.device
         except torch.cuda.OutOfMemoryError as exc:
             if self.device == "cpu":
                 raise
@@ -170,7 +184,7 @@ class Engine:
         if self.cpu_fallback is None:
             self.cpu_fallback = make_method(self.name, self.config, "cpu")
         with seeded(self.seed, "cpu"):
-            return self.cpu_fallback(fixed, moving), "cpu"
+            return self.cpu_fallback(fixed, moving, init_fixed2moving), "cpu"
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,7 @@ class CaseJob:
 
     pairs: tuple[RegistrationPair, ...]
     todo: tuple[RegistrationPair, ...]
+    init_dir: Path | None = None  # the folder of initial transforms, when the batch has one
 
     @property
     def case(self) -> str:
@@ -311,14 +326,20 @@ def register_case(job: CaseJob, output_dir: Path, engine: Engine, on_error: OnEr
     """
     t0 = time.perf_counter()
     outcome = CaseOutcome(job.case)
+    extra: dict[str, str] = {}
     try:
+        init = None
+        if job.init_dir is not None:
+            init_path = find_init_transform(job.init_dir, job.pairs[0].fixed, job.case)
+            init = read_fixed2moving(init_path, job.case)
+            extra["init_transform"] = str(init_path)
         fixed = load_fixed(job.pairs[0])
         moving = _load_moving(job, fixed, outcome, output_dir, on_error)
         todo = [p for p in job.todo if p.output_name not in outcome.failed_outputs]
         if not todo:
             return outcome
         load_s = time.perf_counter() - t0
-        result, device = engine(fixed, moving, job.case)
+        result, device = engine(fixed, moving, job.case, init)
         t1 = time.perf_counter()
         _write_fields(result, todo, fixed, output_dir)
     except Exception as exc:  # per-case isolation: any failure of one case is reported, not fatal
@@ -333,7 +354,7 @@ def register_case(job: CaseJob, output_dir: Path, engine: Engine, on_error: OnEr
     stages = {"load": load_s, **result.stages, "write": time.perf_counter() - t1}
     total = time.perf_counter() - t0
     outcome.records += [
-        PairRecord(p.output_name, stages, total, len(todo), device, extra=_pair_notes(result, p))
+        PairRecord(p.output_name, stages, total, len(todo), device, extra={**extra, **_pair_notes(result, p)})
         for p in todo
     ]
     timing = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
@@ -403,7 +424,7 @@ def group_by_case(pairs: list[RegistrationPair]) -> list[list[RegistrationPair]]
 
 
 def plan_jobs(
-    pairs: list[RegistrationPair], output_dir: Path, resume: bool
+    pairs: list[RegistrationPair], output_dir: Path, resume: bool, init_dir: Path | None = None
 ) -> tuple[list[CaseJob], dict[str, dict], list[str]]:
     """The jobs of the batch, and with ``resume`` the timings entries and names of the finished
     outputs that are kept (an output that exists but does not read back as a valid field is redone)."""
@@ -416,7 +437,7 @@ def plan_jobs(
                 resumed.append(p.output_name)
                 kept[p.output_name] = earlier.get(p.output_name, {"resumed": True})
         if todo:
-            jobs.append(CaseJob(tuple(group), todo))
+            jobs.append(CaseJob(tuple(group), todo, init_dir))
         else:
             log.info("Case %s: already done, skipped (--resume)", group[0].case)
     return jobs, kept, resumed
@@ -479,6 +500,7 @@ def register_folder(
     lock_wait_s: float = 0.0,
     scheduler: str | None = None,
     threads: int | None = None,
+    init_transforms: str | Path | None = None,
 ) -> BatchSummary:
     """Register every pair found in ``input_dir``; one displacement file per pair in ``output_dir``.
 
@@ -492,24 +514,35 @@ def register_folder(
     ``scheduler`` (``local``, ``local:N`` or a Dask scheduler address) runs the cases as Dask
     tasks (:mod:`remind2reg.inference.distributed`); None runs them here, one after another.
     ``threads`` sets torch's CPU threads per case (fields depend on it: float reductions).
+    ``init_transforms``: a folder with one initial transform per case, named after its
+    ultrasound (:mod:`remind2reg.inference.io.transform_files`); it replaces the global stage
+    (:class:`UsageError` for a method or config that cannot start from one, an
+    :class:`InputError` for a missing folder, both before anything is written).
     """
     if on_error not in ON_ERROR_POLICIES:
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_POLICIES)}, not {on_error!r}")
+    init_dir = Path(init_transforms) if init_transforms is not None else None
+    if init_dir is not None:
+        check_init_method(method, config)
     if method == "identity":
         log.warning(
             "Method 'identity': the output fields are zero (the initial alignment), not a registration."
         )
     found = find_work(input_dir, modalities)
+    if init_dir is not None:
+        check_init_folder(init_dir, {p.fixed for p in found.pairs})
     output_dir = prepare_output(output_dir)
     with folder_lock(output_dir, lock_wait_s):
         remove_stale_partials(output_dir)
-        jobs, kept, resumed = plan_jobs(found.pairs, output_dir, resume)
+        jobs, kept, resumed = plan_jobs(found.pairs, output_dir, resume, init_dir)
         log.info(
             "Registering %d pairs (%d cases) from %s into %s with %s on %s (on error: %s%s)",
             sum(len(j.todo) for j in jobs), len(jobs), input_dir, output_dir, method, device, on_error,
             ", resuming" if resume else "",
         )  # fmt: skip
         extra = {"on_error": on_error, "seed": seed, "threads": threads, "scheduler": scheduler}
+        if init_dir is not None:
+            extra["init_transforms"] = str(init_dir)
         run = BatchRun(output_dir, method, device, on_error, kept, extra)
         run.summary.resumed = resumed
         if scheduler is None:
@@ -524,6 +557,20 @@ def register_folder(
     log.info("Peak memory %.0f MB%s", peak_memory_mb(), f", GPU {gpu:.0f} MB" if gpu is not None else "")
     (log.info if run.summary.ok else log.warning)("Summary: %s", run.summary.describe())
     return run.summary
+
+
+def check_init_method(method: str, config: RegistrationConfig | None) -> None:
+    """:class:`UsageError` unless ``method`` with ``config`` can start from an initial transform:
+    only ``convex-adam`` can, with no global stage of its own (``[affine] method = "none"``),
+    since the given transform takes that stage's place."""
+    if method != "convex-adam":
+        raise UsageError(f"initial transforms need the method convex-adam, not {method!r}")
+    affine = (config or RegistrationConfig()).affine.method
+    if affine != "none":
+        raise UsageError(
+            f'an initial transform replaces the global stage: it needs [affine] method = "none" '
+            f"in the config, not {affine!r}"
+        )
 
 
 @contextlib.contextmanager

@@ -80,6 +80,7 @@ def register(
     device: str = "auto",
     method: str = "convex-adam",
     seed: int = 0,
+    init_fixed2moving: Any = None,
 ) -> RegistrationResult:
     """Register one or two pre-operative MR sequences to one intra-operative ultrasound.
 
@@ -88,8 +89,15 @@ def register(
     ``config.fusion`` says. A moving image on another grid is resampled onto the fixed grid
     (world coordinates) first. Raises :class:`~remind2reg.inference.errors.InputError` for an
     unusable image (constant, no US sector, NaN, singular header).
+
+    ``init_fixed2moving``: a transform to start from instead of the global stage, for every
+    sequence: a 4x4 matrix in world mm (RAS+, ``moving_world = M @ fixed_world``) or a file
+    that :func:`~remind2reg.inference.io.transform_files.read_fixed2moving` reads (a
+    ``reg_aladin -aff`` ``.txt`` matrix, or an ITK/ANTs transform). It needs
+    ``method="convex-adam"`` and a config with ``[affine] method = "none"``
+    (:class:`~remind2reg.inference.errors.UsageError` otherwise).
     """
-    from remind2reg.inference.batch import Engine
+    from remind2reg.inference.batch import Engine, check_init_method
     from remind2reg.inference.device import resolve_device
     from remind2reg.inference.io.cases import checked_fixed, on_fixed_grid
     from remind2reg.inference.io.convert import as_image
@@ -105,10 +113,25 @@ def register(
         mod: on_fixed_grid(as_image(named[name], f"moving image {name!r}"), us, name=name)
         for mod, name in sorted(by_modality.items())  # ceT1 before T2, as in a ReMIND2Reg folder
     }
+    init = None
+    if init_fixed2moving is not None:
+        check_init_method(method, config)
+        init = _fixed2moving(init_fixed2moving)
     engine = Engine(method, config or RegistrationConfig(), resolve_device(device), seed)
-    result, ran_on = engine(us, images, "api")
+    result, ran_on = engine(us, images, "api", init)
     fields = {by_modality[mod]: f for mod, f in result.fields.items()}
     return RegistrationResult(fields, us.vox2world, result.stages, result.notes, ran_on)
+
+
+def _fixed2moving(init: Any) -> NDArray[np.float64]:
+    """A 4x4 ``fixed2moving_world`` from a matrix or a transform file."""
+    from pathlib import Path
+
+    from remind2reg.inference.io.transform_files import read_fixed2moving
+
+    if isinstance(init, str | Path):
+        return read_fixed2moving(init)
+    return np.asarray(init, dtype=np.float64)  # checked by the pipeline (4x4, finite, invertible)
 
 
 @dataclass(frozen=True)

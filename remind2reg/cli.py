@@ -142,6 +142,16 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         help="torch CPU threads per case (fields depend on it; default: torch's, or cores / workers with --scheduler)",
     )
     p.add_argument(
+        "--init-transforms",
+        type=Path,
+        default=os.environ.get("REMIND2REG_INIT_TRANSFORMS") or None,
+        metavar="FOLDER",
+        help="start each case from a rigid/affine transform in FOLDER named after its ultrasound "
+        "(ReMIND2Reg_0001_0000.txt: reg_aladin -aff matrix; .tfm/.h5/binary .mat: ITK or ANTs, "
+        "fixed-to-moving as registration tools write them); it replaces the global stage, the "
+        "guard judges it (default: $REMIND2REG_INIT_TRANSFORMS or none)",
+    )
+    p.add_argument(
         "--lock-wait",
         type=float,
         default=0.0,
@@ -313,6 +323,7 @@ def _run_register(args: argparse.Namespace) -> int:
         lock_wait_s=args.lock_wait,
         scheduler=args.scheduler,
         threads=args.threads,
+        init_transforms=args.init_transforms,
     )
     if summary.ok:
         return EXIT_OK

@@ -117,7 +117,7 @@ def test_method_error_exits_1_with_a_traceback(three_cases, tmp_path, caplog, mo
     class Broken:
         name = "broken"
 
-        def __call__(self, fixed: Image, moving: dict) -> MethodResult:
+        def __call__(self, fixed: Image, moving: dict, init_fixed2moving=None) -> MethodResult:
             if "0003" in fixed.path.name:
                 raise RuntimeError("solver diverged")
             return MethodResult.per_sequence({m: np.zeros((*fixed.shape, 3), np.float32) for m in moving})
@@ -233,7 +233,7 @@ class _GreedyMethod:
         self.device = device
         _GreedyMethod.built.append(device)
 
-    def __call__(self, fixed: Image, moving: dict) -> MethodResult:
+    def __call__(self, fixed: Image, moving: dict, init_fixed2moving=None) -> MethodResult:
         if self.device == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return MethodResult.per_sequence({m: np.full((*fixed.shape, 3), 0.25, np.float32) for m in moving})

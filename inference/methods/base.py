@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from remind2reg.inference.errors import UsageError
 from remind2reg.inference.io.displacement import SharedField
 from remind2reg.inference.io.nifti import Image
 
@@ -34,8 +35,21 @@ class MethodResult:
 
 
 class Method(Protocol):
-    """Registers the moving images of one case (e.g. {"0001": ceT1, "0002": T2}) to the US."""
+    """Registers the moving images of one case (e.g. {"0001": ceT1, "0002": T2}) to the US.
+
+    ``init_fixed2moving``: an initial transform (4x4, world mm,
+    ``moving_world = init_fixed2moving @ fixed_world``) to start from, or None; a method that
+    cannot start from one raises :class:`~remind2reg.inference.errors.UsageError` when given one.
+    """
 
     name: str
 
-    def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult: ...
+    def __call__(
+        self, fixed: Image, moving: dict[str, Image], init_fixed2moving: NDArray[np.float64] | None = None
+    ) -> MethodResult: ...
+
+
+def refuse_init(name: str, init_fixed2moving: NDArray[np.float64] | None) -> None:
+    """:class:`UsageError` when a method that cannot start from an initial transform is given one."""
+    if init_fixed2moving is not None:
+        raise UsageError(f"method {name!r} cannot start from an initial transform; use convex-adam")

@@ -7,7 +7,9 @@ Adam, an optional learned refinement, the NMI guard. ``blockmatch-rigid`` and
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from remind2reg.inference.config import RegistrationConfig
 from remind2reg.inference.io.nifti import Image
@@ -24,5 +26,7 @@ class ConvexAdamMethod:
         self.config = config or RegistrationConfig()
         self.device = torch.device(device)
 
-    def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult:
-        return run_pipeline(fixed, moving, self.config, self.device)
+    def __call__(
+        self, fixed: Image, moving: dict[str, Image], init_fixed2moving: NDArray[np.float64] | None = None
+    ) -> MethodResult:
+        return run_pipeline(fixed, moving, self.config, self.device, init_fixed2moving=init_fixed2moving)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from numpy.typing import NDArray
 
 from remind2reg.inference.affine.niftyreg import run_aladin
 from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import affine_displacement
 from remind2reg.inference.io.nifti import Image
-from remind2reg.inference.methods.base import MethodResult
+from remind2reg.inference.methods.base import MethodResult, refuse_init
 from remind2reg.inference.settings import AladinSettings
 
 
@@ -25,7 +26,10 @@ class NiftyRegMethod:
         self.settings = settings or AladinSettings(rigid_only=rigid_only)
         self.name = "niftyreg-rigid" if rigid_only else "niftyreg-affine"
 
-    def __call__(self, fixed: Image, moving: dict[str, Image]) -> MethodResult:
+    def __call__(
+        self, fixed: Image, moving: dict[str, Image], init_fixed2moving: NDArray[np.float64] | None = None
+    ) -> MethodResult:
+        refuse_init(self.name, init_fixed2moving)
         t = time.perf_counter()
         mask = sector_mask(fixed.array)
         stages = {"sector": time.perf_counter() - t, "aladin": 0.0, "field": 0.0}
