@@ -559,12 +559,19 @@ def register_folder(
     return run.summary
 
 
+INIT_METHODS = ("convex-adam", "niftyreg-rigid", "niftyreg-affine")  # those that can start from a transform
+
+
 def check_init_method(method: str, config: RegistrationConfig | None) -> None:
     """:class:`UsageError` unless ``method`` with ``config`` can start from an initial transform:
-    only ``convex-adam`` can, with no global stage of its own (``[affine] method = "none"``),
-    since the given transform takes that stage's place."""
+    ``reg_aladin`` can (``-inaff``), and ``convex-adam`` with no global stage of its own
+    (``[affine] method = "none"``), since the given transform takes that stage's place."""
+    if method not in INIT_METHODS:
+        raise UsageError(
+            f"initial transforms need one of the methods {', '.join(INIT_METHODS)}, not {method!r}"
+        )
     if method != "convex-adam":
-        raise UsageError(f"initial transforms need the method convex-adam, not {method!r}")
+        return
     affine = (config or RegistrationConfig()).affine.method
     if affine != "none":
         raise UsageError(

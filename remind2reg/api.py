@@ -94,8 +94,9 @@ def register(
     sequence: a 4x4 matrix in world mm (RAS+, ``moving_world = M @ fixed_world``) or a file
     that :func:`~remind2reg.inference.io.transform_files.read_fixed2moving` reads (a
     ``reg_aladin -aff`` ``.txt`` matrix, or an ITK/ANTs transform). It needs
-    ``method="convex-adam"`` and a config with ``[affine] method = "none"``
-    (:class:`~remind2reg.inference.errors.UsageError` otherwise).
+    ``method="convex-adam"`` with a config whose ``[affine] method`` is ``"none"``, or a
+    ``niftyreg-*`` method (``reg_aladin -inaff``); otherwise
+    :class:`~remind2reg.inference.errors.UsageError`.
     """
     from remind2reg.inference.batch import Engine, check_init_method
     from remind2reg.inference.device import resolve_device

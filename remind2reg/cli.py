@@ -149,7 +149,7 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
         help="start each case from a rigid/affine transform in FOLDER named after its ultrasound "
         "(ReMIND2Reg_0001_0000.txt: reg_aladin -aff matrix; .tfm/.h5/binary .mat: ITK or ANTs, "
         "fixed-to-moving as registration tools write them); it replaces the global stage, the "
-        "guard judges it (default: $REMIND2REG_INIT_TRANSFORMS or none)",
+        "guard judges it; niftyreg-* start reg_aladin from it (default: $REMIND2REG_INIT_TRANSFORMS or none)",
     )
     p.add_argument(
         "--lock-wait",

@@ -262,7 +262,7 @@ def test_register_refuses_initial_transforms_it_cannot_use_before_writing(cases_
     own_global = tmp_path / "blockmatch.toml"
     own_global.write_text('[affine]\nmethod = "blockmatch"\n')
     runs = {
-        EXIT_USAGE: [["--method", "niftyreg-rigid"], ["--config", str(own_global)]],
+        EXIT_USAGE: [["--method", "blockmatch-rigid"], ["--config", str(own_global)]],
         EXIT_INPUT: [["--init-transforms", str(tmp_path / "nowhere")]],
     }
     for code, option_sets in runs.items():

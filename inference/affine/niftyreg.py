@@ -101,8 +101,14 @@ def run_aladin(
     moving: Image,
     fixed_mask: NDArray | None = None,
     settings: AladinSettings = AladinSettings(),
+    init_fixed2moving: NDArray[np.float64] | None = None,
 ) -> AffineResult:
-    """Rigid (then affine) ``reg_aladin`` of ``moving`` to ``fixed``; returns ``fixed2moving_world``."""
+    """Rigid (then affine) ``reg_aladin`` of ``moving`` to ``fixed``; returns ``fixed2moving_world``.
+
+    ``init_fixed2moving`` (world mm, ``moving_world = init_fixed2moving @ fixed_world``): where the
+    rigid run starts (``-inaff``), in place of the header alignment. World coordinates survive the
+    downsampling and cropping below, so the matrix needs no conversion.
+    """
     t0 = time.perf_counter()
     factor = max(1, round(settings.working_spacing_mm / float(np.mean(fixed.spacing))))
     aladin = str(niftyreg_executable("reg_aladin"))
@@ -139,11 +145,16 @@ def run_aladin(
             moving_mask = Image((small_moving.array > 0).astype(np.float32), small_moving.vox2world)
             write_image(d / "moving_mask.nii.gz", moving_mask.array, moving_mask.vox2world, dtype=np.uint8)
             common += ["-fmask", str(d / "moving_mask.nii.gz")]
+        start: list[str] = []
+        if init_fixed2moving is not None:
+            write_aladin_matrix(d / "init.txt", init_fixed2moving)
+            start = ["-inaff", str(d / "init.txt")]
         # -res: reg_aladin always writes the resampled floating image, by default as
         # outputResult.nii.gz in the working directory; keep it in the scratch folder.
         rigid = [
             aladin,
             *common,
+            *start,
             "-rigOnly",
             "-aff",
             str(d / "rigid.txt"),

@@ -52,4 +52,6 @@ class Method(Protocol):
 def refuse_init(name: str, init_fixed2moving: NDArray[np.float64] | None) -> None:
     """:class:`UsageError` when a method that cannot start from an initial transform is given one."""
     if init_fixed2moving is not None:
-        raise UsageError(f"method {name!r} cannot start from an initial transform; use convex-adam")
+        raise UsageError(
+            f"method {name!r} cannot start from an initial transform; use convex-adam or niftyreg-*"
+        )

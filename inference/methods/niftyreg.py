@@ -1,7 +1,8 @@
 """NiftyReg ``reg_aladin`` alone (rigid or affine): the organisers' baseline family.
 
 Each moving image is registered on its own, with the US sector as reference mask, on inputs
-averaged to 2 mm. The output field is the affine's challenge-format displacement.
+averaged to 2 mm, from the header alignment or from a given transform (``-inaff``). The output
+field is the affine's challenge-format displacement.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from remind2reg.inference.affine.niftyreg import run_aladin
 from remind2reg.inference.core.sector import sector_mask
 from remind2reg.inference.geometry import affine_displacement
 from remind2reg.inference.io.nifti import Image
-from remind2reg.inference.methods.base import MethodResult, refuse_init
+from remind2reg.inference.methods.base import MethodResult
 from remind2reg.inference.settings import AladinSettings
 
 
@@ -29,13 +30,12 @@ class NiftyRegMethod:
     def __call__(
         self, fixed: Image, moving: dict[str, Image], init_fixed2moving: NDArray[np.float64] | None = None
     ) -> MethodResult:
-        refuse_init(self.name, init_fixed2moving)
         t = time.perf_counter()
         mask = sector_mask(fixed.array)
         stages = {"sector": time.perf_counter() - t, "aladin": 0.0, "field": 0.0}
         fields, notes = {}, {}
         for mod, image in moving.items():
-            result = run_aladin(fixed, image, mask, self.settings)
+            result = run_aladin(fixed, image, mask, self.settings, init_fixed2moving)
             stages["aladin"] += result.seconds
             t = time.perf_counter()
             fields[mod] = affine_displacement(
