@@ -331,8 +331,7 @@ def register_case(job: CaseJob, output_dir: Path, engine: Engine, on_error: OnEr
         init = None
         if job.init_dir is not None:
             init_path = find_init_transform(job.init_dir, job.pairs[0].fixed, job.case)
-            init = read_fixed2moving(init_path, job.case)
-            extra["init_transform"] = str(init_path)
+            init, extra["init_transform"] = read_fixed2moving(init_path, job.case), str(init_path)
         fixed = load_fixed(job.pairs[0])
         moving = _load_moving(job, fixed, outcome, output_dir, on_error)
         todo = [p for p in job.todo if p.output_name not in outcome.failed_outputs]
