@@ -1,4 +1,5 @@
-"""The ``remind2reg`` command line: ``register``, ``evaluate``, ``report``, ``pack`` and ``synth``.
+"""The ``remind2reg`` command line: ``register``, ``evaluate``, ``report``, ``export``, ``pack``,
+``synth`` and ``train-refiner``.
 
 Exit codes (:mod:`remind2reg.inference.errors`):
 
@@ -9,7 +10,8 @@ Exit codes (:mod:`remind2reg.inference.errors`):
 * 2: bad command line (or a bad ``$REMIND2REG_*`` value).
 * 3: the input is missing, unreadable or invalid: no pair found, a bad ``--config``, a
   dataset json that disagrees with the files, or, for ``register``, every failed case failed
-  on an invalid input (each message names the case and the file).
+  on an invalid input (each message names the case and the file); ``export`` with pairs it
+  could not export (listed at the end).
 
 What ``register`` does when a case fails (``--on-error``, default ``$REMIND2REG_ON_ERROR`` or
 ``skip``):
@@ -194,6 +196,26 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_report)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="for viewers and other tools: each MR warped onto its US, and each field as an ITK "
+        "displacement transform (3D Slicer, ANTs, SimpleITK)",
+    )
+    _add_fields_arguments(
+        p, "data", "the input folder the fields were made from", "folder for the exported files"
+    )
+    p.add_argument(
+        "--what",
+        nargs="+",
+        default=["warped", "itk"],
+        choices=["warped", "itk"],
+        help="warped: ReMIND2Reg_<case>_<mod>_warped.nii.gz, the MR on the US grid; itk: "
+        "ReMIND2Reg_<case>_<mod>_fixed2moving_itk.nii.gz, an ITK displacement field (default: both)",
+    )
+    p.set_defaults(func=_run_export)
+
+
 def _add_pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pack", help="check the predicted fields against the input and zip a leaderboard submission"
@@ -350,6 +372,18 @@ def _run_report(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILURE
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    from remind2reg.evaluation.export import export_fields
+
+    result = export_fields(
+        args.data, args.pred, args.out, MODALITY_CHOICES[args.modalities], tuple(args.what)
+    )
+    print(f"wrote {len(result.written)} files into {args.out}")
+    for key, error in result.failures.items():
+        print(f"  not exported: {key}: {error}")
+    return EXIT_OK if result.ok else EXIT_INPUT
+
+
 def _run_pack(args: argparse.Namespace) -> int:
     from remind2reg.evaluation.pack import pack_submission
 
@@ -384,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub)
     _add_evaluate(sub)
     _add_report(sub)
+    _add_export(sub)
     _add_pack(sub)
     _add_synth(sub)
     _add_train_refiner(sub)

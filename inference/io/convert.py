@@ -30,6 +30,21 @@ def sitk_vox2world(spacing, direction, origin) -> NDArray[np.float64]:
     return LPS_TO_RAS @ lps
 
 
+def sitk_geometry(
+    vox2world: NDArray[np.float64], source: str | Path | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """SimpleITK's ``(spacing, direction, origin)`` of a RAS+ ``vox2world``, the inverse of
+    :func:`sitk_vox2world`: ``[[D diag(spacing), origin], [0, 1]] = diag(-1, -1, 1, 1) @ vox2world``.
+    :class:`InputError` (naming ``source``, the image the grid is from) for a sheared grid,
+    whose axes an ITK direction matrix (orthonormal) cannot carry."""
+    lps = LPS_TO_RAS @ np.asarray(vox2world, dtype=np.float64)  # LPS_TO_RAS is its own inverse
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-5):
+        raise InputError("the grid is sheared: an ITK image cannot carry it", path=source)
+    return tuple(map(float, spacing)), tuple(map(float, direction.ravel())), tuple(map(float, lps[:3, 3]))
+
+
 def as_image(image: Any, what: str = "image") -> Image:
     """Our :class:`Image` of a nibabel image, a SimpleITK image, an :class:`Image` or a file path."""
     if isinstance(image, Image):
