@@ -40,6 +40,7 @@ class PairQC:
     pmm_before: float = float("nan")
     pmm_after: float = float("nan")
     fallback: str | None = None  # from timings.json, e.g. "identity"
+    init_transform: str | None = None  # from timings.json: the file register --init-transforms used
     guard: dict[str, Any] = field(default_factory=dict)  # from timings.json: decision, confidence, evidence
     error: str | None = None  # why the pair could not be drawn
 

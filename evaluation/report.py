@@ -25,6 +25,7 @@ from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.nifti import header_spacing
 from remind2reg.inference.io.timings import fallbacks as read_fallbacks
 from remind2reg.inference.io.timings import guard_notes as read_guard_notes
+from remind2reg.inference.io.timings import init_transforms as read_init_transforms
 from remind2reg.inference.io.timings import runtimes as read_runtimes
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,13 @@ def build_report(
     pairs = find_pairs(data_dir, modalities)
     out_dir.mkdir(parents=True, exist_ok=True)
     runtimes, fallbacks = read_runtimes(pred_dir), read_fallbacks(pred_dir)
-    guard = read_guard_notes(pred_dir)
+    guard, inits = read_guard_notes(pred_dir), read_init_transforms(pred_dir)
     result = ReportResult(index=out_dir / INDEX)
     for pair in pairs:
-        qc = PairQC(pair, fallback=fallbacks.get(pair.output_name), guard=guard.get(pair.output_name, {}))
+        name = pair.output_name
+        qc = PairQC(
+            pair, fallback=fallbacks.get(name), guard=guard.get(name, {}), init_transform=inits.get(name)
+        )
         log.info("Drawing %s", pair.key)
         try:
             report_pair(pair, pred_dir, data_dir, out_dir, qc, runtimes.get(pair.output_name))

@@ -22,6 +22,7 @@ def qc_json(pairs: list[PairQC]) -> dict:
             "tre": qc.metrics.tre if qc.metrics else None,
             "fallback": qc.fallback,
             "guard": qc.guard or None,
+            "init_transform": qc.init_transform,
             "error": qc.error,
             "png": qc.png.name if qc.png else None,
         }
@@ -35,13 +36,15 @@ def _cell(value: float | None, fmt: str, css: str = "") -> str:
     return f'<td class="{css}">{value:{fmt}}</td>' if css else f"<td>{value:{fmt}}</td>"
 
 
-def guard_cell(guard: dict) -> str:
+def guard_cell(guard: dict, given: bool = False) -> str:
     """The guard's verdict: the candidate kept, its NMI gain over the input alignment and, when
     the relative margin measured it, that gain in units of the pair's jitter; for a refused
-    result, what that result itself gained (the evidence the guard found too weak)."""
+    result, what that result itself gained (the evidence the guard found too weak). ``given``:
+    the pair started from a given transform, which the guard judged as a global stage."""
     if not guard.get("decision"):
         return "<td>-</td>"
-    text = html.escape(str(guard["decision"]))
+    decision = str(guard["decision"])
+    text = html.escape("given transform" if given and decision == "global stage" else decision)
     refused = guard["decision"] != "full" and "result_gain" in guard
     if refused:
         text += f" (result refused: {float(guard['result_gain']):+.4f}"
@@ -74,6 +77,9 @@ def pair_row(qc: PairQC) -> str:
     note = (
         html.escape(qc.error) if qc.error else f"fallback: {html.escape(qc.fallback)}" if qc.fallback else ""
     )
+    if qc.init_transform:
+        started = f"started from {html.escape(Path(qc.init_transform).name)}"
+        note = f"{note}; {started}" if note else started
     key = html.escape(qc.pair.key)
     name = f'<a href="#{key}">{key}</a>' if qc.png else key
     return (
@@ -85,7 +91,7 @@ def pair_row(qc: PairQC) -> str:
         + _cell(m.runtime_s if m else None, ".1f")
         + _cell(qc.pmm_before, ".3f")
         + _cell(qc.pmm_after, ".3f", pmm_css)
-        + guard_cell(qc.guard)
+        + guard_cell(qc.guard, given=qc.init_transform is not None)
         + f'<td class="{"bad" if qc.error or qc.fallback else ""}">{note}</td></tr>'
     )
 

@@ -81,6 +81,7 @@ def test_report_table_uses_the_evaluator_numbers(shifted_case, tmp_path):
                 "pairs": {
                     "disp_0001_0000_0001_0001.nii.gz": {
                         "total_s": 2.0, "decision": "full", "confidence": 0.0123, "evidence": 4.56,
+                        "init_transform": "/init/ReMIND2Reg_0001_0000.tfm",
                     },
                     "disp_0001_0000_0001_0002.nii.gz": {"total_s": 1.5, "fallback": "identity"},
                 }
@@ -100,6 +101,7 @@ def test_report_table_uses_the_evaluator_numbers(shifted_case, tmp_path):
     page = (tmp_path / "report" / "index.html").read_text()
     assert "fallback: identity" in page and "TRE30" in page
     assert "full (+0.0123, 4.6x jitter)" in page  # the guard's verdict, from timings.json
+    assert "started from ReMIND2Reg_0001_0000.tfm" in page  # register --init-transforms
     qc = json.loads((tmp_path / "report" / "qc.json").read_text())
     assert qc["0001_0000<--0001_0001"]["guard"] == {
         "decision": "full",
@@ -107,6 +109,8 @@ def test_report_table_uses_the_evaluator_numbers(shifted_case, tmp_path):
         "evidence": 4.56,
     }
     assert qc["0001_0000<--0001_0002"]["guard"] is None
+    assert qc["0001_0000<--0001_0001"]["init_transform"] == "/init/ReMIND2Reg_0001_0000.tfm"
+    assert qc["0001_0000<--0001_0002"]["init_transform"] is None
     assert f"{expected['0001_0000<--0001_0002'].tre_initial:.3f}" in page
 
 
@@ -129,6 +133,9 @@ def test_a_refused_result_shows_its_own_evidence_in_the_report():
         "result_evidence": 4.56,
     }
     assert "full (+0.0123, 4.6x jitter)" in guard_cell(kept)
+    given = {"decision": "global stage", "confidence": 0.01, "evidence": 3.0}
+    assert "given transform (+0.0100, 3.0x jitter)" in guard_cell(given, given=True)
+    assert "global stage (+0.0100" in guard_cell(given)
 
 
 def test_det_j_plane_equals_the_whole_field_computation():

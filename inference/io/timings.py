@@ -103,6 +103,13 @@ def fallbacks(folder: Path) -> dict[str, str]:
     return {name: str(e["fallback"]) for name, e in pair_entries(folder).items() if e.get("fallback")}
 
 
+def init_transforms(folder: Path) -> dict[str, str]:
+    """``{output name: the initial transform file it started from}`` (``register --init-transforms``)."""
+    return {
+        name: str(e["init_transform"]) for name, e in pair_entries(folder).items() if e.get("init_transform")
+    }
+
+
 # the guard's per-pair verdict and what the whole result scored, kept or not (stages/guard.py)
 GUARD_NOTES = ("decision", "confidence", "evidence", "result_gain", "result_evidence")
 
