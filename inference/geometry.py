@@ -28,6 +28,19 @@ def apply_affine(a2b: ArrayLike, points: ArrayLike) -> NDArray[np.float64]:
     return pts @ matrix[:3, :3].T + matrix[:3, 3]
 
 
+def affine_problem(matrix: NDArray[np.float64]) -> str | None:
+    """Why ``matrix`` is not a finite, invertible 4x4 affine (a phrase to follow its name), or None."""
+    if matrix.shape != (4, 4):
+        return f"must be a 4x4 matrix, got shape {matrix.shape}"
+    if not np.isfinite(matrix).all():
+        return "has non-finite entries"
+    if not np.allclose(matrix[3], (0.0, 0.0, 0.0, 1.0)):
+        return f"is not affine: last row {matrix[3].tolist()}, expected [0, 0, 0, 1]"
+    if abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
+        return "is singular"
+    return None
+
+
 def voxel_spacing(vox2world: ArrayLike) -> NDArray[np.float64]:
     """Voxel size in mm along each array axis: the norms of the columns of ``vox2world[:3, :3]``."""
     return np.linalg.norm(np.asarray(vox2world, dtype=np.float64)[:3, :3], axis=0)

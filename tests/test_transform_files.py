@@ -151,7 +151,7 @@ def test_unusable_transform_files_are_refused_naming_the_file(tmp_path):
     np.savetxt(tmp_path / "singular.txt", np.diag([1.0, 0.0, 1.0, 1.0]))
     bad["singular"] = (str(tmp_path / "singular.txt"), "singular")
     np.savetxt(tmp_path / "projective.txt", np.ones((4, 4)))
-    bad["projective"] = (str(tmp_path / "projective.txt"), "not an affine matrix")
+    bad["projective"] = (str(tmp_path / "projective.txt"), "is not affine: last row")
     (tmp_path / "garbage.tfm").write_text("#Insight Transform File V1.0\nTransform: NoSuchTransform\n")
     bad["garbage"] = (str(tmp_path / "garbage.tfm"), "SimpleITK cannot read it")
     (tmp_path / "matrix.csv").write_text("1,0,0,0\n")

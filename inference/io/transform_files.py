@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from remind2reg.inference.errors import InputError
+from remind2reg.inference.geometry import affine_problem
 from remind2reg.inference.io.convert import LPS_TO_RAS
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,9 @@ def read_fixed2moving(path: str | Path, case: str | None = None) -> NDArray[np.f
 
 def checked_matrix(matrix: NDArray[np.float64], path: Path, case: str | None) -> NDArray[np.float64]:
     """``matrix`` if it is a finite, invertible 4x4 affine, else :class:`InputError` naming ``path``."""
-    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
-        raise InputError(f"not a finite 4x4 matrix (shape {matrix.shape})", path=path, case=case)
-    if not np.allclose(matrix[3], (0.0, 0.0, 0.0, 1.0), atol=1e-6):
-        raise InputError(f"not an affine matrix: last row {matrix[3].tolist()}", path=path, case=case)
-    if abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
-        raise InputError("the transform is singular (not invertible)", path=path, case=case)
+    problem = affine_problem(matrix)
+    if problem is not None:
+        raise InputError(f"the transform {problem}", path=path, case=case)
     return matrix
 
 

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from remind2reg.inference.affine.blockmatch import block_match
 from remind2reg.inference.affine.rigid_search import rigid_search
 from remind2reg.inference.core.fields import affine_field, warp
+from remind2reg.inference.geometry import affine_problem
 from remind2reg.inference.io.nifti import Image
 from remind2reg.inference.settings import AffineStageSettings, MindSettings
 from remind2reg.inference.stages.features import (
@@ -93,14 +94,9 @@ def checked_fixed2moving(matrix: object) -> NDArray[np.float64]:
     """``matrix`` as a float64 4x4 map of fixed world mm to moving world mm; raises ValueError
     unless it is finite, affine (last row ``0 0 0 1``) and invertible."""
     m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (4, 4):
-        raise ValueError(f"fixed2moving_world must be a 4x4 matrix, got shape {m.shape}")
-    if not np.isfinite(m).all():
-        raise ValueError("fixed2moving_world has non-finite entries")
-    if not np.allclose(m[3], (0.0, 0.0, 0.0, 1.0)):
-        raise ValueError(f"fixed2moving_world is not affine: last row {m[3].tolist()}, expected [0, 0, 0, 1]")
-    if abs(np.linalg.det(m[:3, :3])) < 1e-6:
-        raise ValueError("fixed2moving_world is singular")
+    problem = affine_problem(m)
+    if problem is not None:
+        raise ValueError(f"fixed2moving_world {problem}")
     return m
 
 
