@@ -238,3 +238,24 @@ def test_a_result_lost_with_its_worker_is_submitted_again_not_reported_failed(mo
     assert client.submitted == ["0001", "0003", "0003"] and client.cancelled == 1
     assert recorded == ["0001", "0003"]  # both recorded once, neither as a failure
     assert run.summary.failures == []
+
+
+def test_initial_transforms_reach_the_workers(cases, serial, tmp_path):
+    """``--init-transforms`` with a local cluster: the same fields as the serial run, bit for bit
+    (the folder travels with each case's task), and each pair records its file."""
+    init = tmp_path / "init"
+    init.mkdir()
+    shift = np.eye(4)
+    shift[:3, 3] = (1.5, -1.0, 0.5)
+    for case in ("0001", "0002", "0003"):
+        np.savetxt(init / f"ReMIND2Reg_{case}_0000.txt", shift)
+    serial_out, dask_out = tmp_path / "serial", tmp_path / "dask"
+    assert register(cases, serial_out, "--init-transforms", str(init)) == EXIT_OK
+    assert register(cases, dask_out, "--init-transforms", str(init), "--scheduler", "local:2") == EXIT_OK
+    _same_fields(serial_out, dask_out)
+    started, plain = _fields(dask_out), _fields(serial)
+    assert any(not np.array_equal(started[name], plain[name]) for name in plain)  # the start mattered
+    pairs = json.loads((dask_out / "timings.json").read_text())["pairs"]
+    assert pairs["disp_0003_0000_0003_0002.nii.gz"]["init_transform"] == str(
+        init / "ReMIND2Reg_0003_0000.txt"
+    )
