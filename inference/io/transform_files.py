@@ -60,12 +60,16 @@ def read_fixed2moving(path: str | Path, case: str | None = None) -> NDArray[np.f
     path = Path(path)
     if not path.is_file():
         raise InputError("the initial transform file does not exist", path=path, case=case)
-    head = path.read_bytes()[:64]
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4096)  # enough to tell the formats apart; files may be large (.h5)
+    except OSError as exc:
+        raise InputError(f"cannot read it ({exc.strerror})", path=path, case=case) from exc
     suffix = path.suffix.lower()
     if suffix in ITK_SUFFIXES or head.startswith(ITK_TEXT_HEADER):
         matrix = _read_itk(path, case)
     elif suffix == ".mat":
-        if _is_text(path):
+        if _is_text(head):
             raise InputError(
                 "a text .mat matrix is ambiguous (FSL FLIRT writes text .mat files in another "
                 "convention); name a reg_aladin matrix .txt, or give an ITK/ANTs transform",
@@ -92,8 +96,8 @@ def checked_matrix(matrix: NDArray[np.float64], path: Path, case: str | None) ->
     return matrix
 
 
-def _is_text(path: Path) -> bool:
-    data = path.read_bytes()[:4096]
+def _is_text(data: bytes) -> bool:
+    """True when ``data`` (a file's first bytes) looks like ASCII text: no NUL, nothing above 127."""
     if b"\x00" in data:
         return False
     try:
@@ -104,7 +108,9 @@ def _is_text(path: Path) -> bool:
 
 
 def _read_niftyreg(path: Path, case: str | None) -> NDArray[np.float64]:
-    """The 4x4 text matrix of ``reg_aladin -aff``: already ``fixed2moving_world`` (RAS+)."""
+    """The 4x4 text matrix of ``reg_aladin -aff``: already ``fixed2moving_world`` (RAS+). The
+    format :func:`remind2reg.inference.affine.niftyreg.read_aladin_matrix` reads (a test checks
+    they agree); read here again to give input errors that name the case."""
     try:
         matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as exc:
