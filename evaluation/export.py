@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
+from remind2reg.evaluation.qc import sample
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.io.atomic import atomic_path
 from remind2reg.inference.io.cases import load_fixed, load_moving
 from remind2reg.inference.io.convert import LPS_TO_RAS, sitk_geometry
-from remind2reg.inference.io.dataset import RegistrationPair, find_pairs
+from remind2reg.inference.io.dataset import RegistrationPair, find_pairs, image_stem
 from remind2reg.inference.io.displacement import read_displacement
 from remind2reg.inference.io.nifti import write_image
 
@@ -51,10 +51,9 @@ def warp_moving(moving: NDArray, disp: NDArray) -> NDArray[np.float32]:
         raise ValueError(
             f"warp_moving: field shape {disp.shape} does not fit an image of shape {moving.shape}"
         )
-    coords = np.indices(moving.shape, dtype=np.float64)  # (3, I, J, K): coords[a][x] = x[a]
-    for axis in range(3):
-        coords[axis] += disp[..., axis]
-    return ndimage.map_coordinates(np.asarray(moving, dtype=np.float32), coords, order=1, cval=0.0)
+    points = np.stack(np.indices(moving.shape, dtype=np.float64), axis=-1)  # points[x] = x, (I, J, K, 3)
+    points += disp
+    return sample(moving, points)  # trilinear, 0 outside
 
 
 def itk_displacement(disp: NDArray, vox2world: NDArray) -> NDArray[np.float32]:
@@ -101,7 +100,7 @@ def export_pair(
     """Write ``products`` of one pair into ``out_dir``; raises on invalid inputs."""
     fixed = load_fixed(pair)
     disp = read_displacement(pred_dir / pair.output_name, expected_shape=fixed.shape)
-    stem = pair.moving.name[: -len(".nii.gz")]
+    stem = image_stem(pair.moving)
     written = []
     if "warped" in products:
         moving = load_moving(pair, fixed)  # on the fixed grid, as the field's voxels are

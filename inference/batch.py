@@ -520,15 +520,14 @@ def register_folder(
     """
     if on_error not in ON_ERROR_POLICIES:
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_POLICIES)}, not {on_error!r}")
-    init_dir = Path(init_transforms) if init_transforms is not None else None
-    if init_dir is not None:
-        check_init_method(method, config)
     if method == "identity":
         log.warning(
             "Method 'identity': the output fields are zero (the initial alignment), not a registration."
         )
     found = find_work(input_dir, modalities)
+    init_dir = Path(init_transforms) if init_transforms is not None else None
     if init_dir is not None:
+        check_init_method(method, config)
         check_init_folder(init_dir, {p.fixed for p in found.pairs})
     output_dir = prepare_output(output_dir)
     with folder_lock(output_dir, lock_wait_s):

@@ -125,14 +125,16 @@ def register(
 
 
 def _fixed2moving(init: Any) -> NDArray[np.float64]:
-    """A 4x4 ``fixed2moving_world`` from a matrix or a transform file."""
+    """A 4x4 ``fixed2moving_world`` from a matrix or a transform file, checked (finite, affine,
+    invertible) whatever method it goes to: ``reg_aladin`` would take a bad one silently."""
     from pathlib import Path
 
     from remind2reg.inference.io.transform_files import read_fixed2moving
+    from remind2reg.inference.stages.global_alignment import checked_fixed2moving
 
     if isinstance(init, str | Path):
         return read_fixed2moving(init)
-    return np.asarray(init, dtype=np.float64)  # checked by the pipeline (4x4, finite, invertible)
+    return checked_fixed2moving(init)
 
 
 @dataclass(frozen=True)

@@ -301,3 +301,17 @@ def test_the_folder_may_come_from_the_environment(cases_with_transforms, tmp_pat
     out = tmp_path / "out"
     assert main(["register", "--input", str(data), "--output", str(out), "--device", "cpu"]) == EXIT_INPUT
     assert not out.exists()
+
+
+def test_the_api_checks_a_matrix_for_every_method(cases_with_transforms):
+    """A singular matrix is refused before any method runs, reg_aladin's included (it would take
+    it without complaint)."""
+    import remind2reg
+
+    data, _, _ = cases_with_transforms
+    us, mr = (data / "imagesTr" / f"ReMIND2Reg_0001_{m}.nii.gz" for m in ("0000", "0001"))
+    for method in ("convex-adam", "niftyreg-rigid"):
+        with pytest.raises(ValueError, match="fixed2moving_world is singular"):
+            remind2reg.register(
+                us, mr, method=method, device="cpu", init_fixed2moving=np.diag([1.0, 0, 1, 1])
+            )

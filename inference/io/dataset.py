@@ -365,6 +365,12 @@ def find_pairs(root: str | Path, modalities: tuple[str, ...] = ("0001", "0002"))
     return found.pairs
 
 
+def image_stem(path: str | Path) -> str:
+    """An image's file name without ``.nii.gz`` (the name its landmarks, its initial transform and
+    its exported files are named after)."""
+    return Path(path).name.removesuffix(".nii.gz")
+
+
 def landmark_path(image: str | Path, root: str | Path | None = None) -> Path | None:
     """The landmark file of an image, or None if there is none.
 
@@ -373,7 +379,7 @@ def landmark_path(image: str | Path, root: str | Path | None = None) -> Path | N
     beside the image or under ``root/landmarks*/`` is accepted too.
     """
     image = Path(image)
-    stem = image.name[: -len(".nii.gz")]
+    stem = image_stem(image)
     candidates = [image.parent.parent / image.parent.name.replace("images", "landmarks") / f"{stem}.csv"]
     candidates.append(image.with_name(f"{stem}.csv"))
     if root is not None:

@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 from remind2reg.inference.errors import InputError
 from remind2reg.inference.geometry import affine_problem
 from remind2reg.inference.io.convert import LPS_TO_RAS
+from remind2reg.inference.io.dataset import image_stem
 
 log = logging.getLogger(__name__)
 
@@ -191,15 +192,6 @@ def find_init_transform(folder: Path, fixed: Path, case: str | None = None) -> P
     return found[0]
 
 
-def image_stem(path: Path) -> str:
-    """An image's name without ``.nii.gz`` / ``.nii`` (the name its transform file takes)."""
-    name = path.name
-    for ext in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
-
-
 def check_init_folder(folder: Path, fixed_images: Iterable[Path]) -> None:
     """:class:`InputError` when ``folder`` is not a folder; a warning for each transform file in it
     that no case's ultrasound names (a file that will not be used, most likely misnamed)."""
@@ -209,7 +201,7 @@ def check_init_folder(folder: Path, fixed_images: Iterable[Path]) -> None:
     unused = sorted(
         p.name
         for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in SUFFIXES and p.name[: -len(p.suffix)] not in stems
+        if p.is_file() and p.suffix.lower() in SUFFIXES and p.stem not in stems
     )
     if unused:
         log.warning(
