@@ -92,3 +92,19 @@ def make_case_files(
         write_image(path, rng.random(shape).astype(np.float32), vox2world)
         paths[mod] = path
     return paths
+
+
+def sitk_image(array: np.ndarray, vox2world: np.ndarray):
+    """A SimpleITK image of our ``array[i, j, k]`` on the RAS+ grid ``vox2world`` (the inverse of
+    :func:`remind2reg.inference.io.convert.as_image`): axes reversed to SimpleITK's ``[k, j, i]``,
+    geometry in LPS+ (:func:`~remind2reg.inference.io.convert.sitk_geometry`)."""
+    import SimpleITK as sitk
+
+    from remind2reg.inference.io.convert import sitk_geometry
+
+    spacing, direction, origin = sitk_geometry(vox2world)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # [i,j,k] -> [k,j,i]
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin(origin)
+    return image

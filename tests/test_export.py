@@ -19,7 +19,7 @@ from remind2reg.inference.geometry import affine_displacement
 from remind2reg.inference.io.convert import as_image, sitk_geometry, sitk_vox2world
 from remind2reg.inference.io.displacement import write_displacement
 from remind2reg.inference.io.nifti import write_image
-from tests.conftest import oblique_vox2world
+from tests.conftest import oblique_vox2world, sitk_image
 
 SHAPE = (30, 26, 22)
 VOX2WORLD = oblique_vox2world(spacing=(0.9, 0.6, 1.2))
@@ -42,19 +42,10 @@ def _moving() -> np.ndarray:
     return (ndimage.gaussian_filter(rng.normal(size=SHAPE), 2.0) * 100.0 + 50.0).astype(np.float32)
 
 
-def _sitk(array: np.ndarray, vox2world: np.ndarray) -> sitk.Image:
-    spacing, direction, origin = sitk_geometry(vox2world)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # [i,j,k] -> [k,j,i]
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    image.SetOrigin(origin)
-    return image
-
-
 def test_sitk_geometry_inverts_sitk_vox2world_and_refuses_shear():
     spacing, direction, origin = sitk_geometry(VOX2WORLD)
     assert np.allclose(sitk_vox2world(spacing, direction, origin), VOX2WORLD)
-    image = as_image(_sitk(_moving(), VOX2WORLD))  # and through a SimpleITK image and back
+    image = as_image(sitk_image(_moving(), VOX2WORLD))  # and through a SimpleITK image and back
     assert np.allclose(image.vox2world, VOX2WORLD) and np.array_equal(image.array, _moving())
     sheared = VOX2WORLD.copy()
     sheared[:3, 1] += 0.2 * sheared[:3, 0]
@@ -74,8 +65,8 @@ def test_the_itk_field_resamples_as_the_challenge_field_warps(tmp_path):
 
     write_itk_displacement(path, itk_displacement(disp, VOX2WORLD), VOX2WORLD)
     transform = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64))
-    reference = _sitk(np.zeros(SHAPE, np.float32), VOX2WORLD)
-    theirs = sitk.Resample(_sitk(moving, VOX2WORLD), reference, transform, sitk.sitkLinear, 0.0)
+    reference = sitk_image(np.zeros(SHAPE, np.float32), VOX2WORLD)
+    theirs = sitk.Resample(sitk_image(moving, VOX2WORLD), reference, transform, sitk.sitkLinear, 0.0)
     theirs = sitk.GetArrayFromImage(theirs).transpose(2, 1, 0)  # [k, j, i] -> [i, j, k]
     inside = (ours != 0) & (theirs != 0)
     assert inside.mean() > 0.5

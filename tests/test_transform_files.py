@@ -23,19 +23,7 @@ from remind2reg.inference.io.transform_files import (
     find_init_transform,
     read_fixed2moving,
 )
-from tests.conftest import oblique_vox2world, voxel_grid
-
-
-def _sitk_image(array: np.ndarray, vox2world: np.ndarray) -> sitk.Image:
-    """A SimpleITK image of our ``array[i, j, k]`` and RAS+ ``vox2world`` (the inverse of
-    :func:`remind2reg.inference.io.convert.as_image`): axes reversed to ``[k, j, i]``, world to LPS+."""
-    lps = LPS_TO_RAS @ vox2world  # LPS_TO_RAS is its own inverse
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # [i,j,k] -> [k,j,i]
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
-    image.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
-    return image
+from tests.conftest import oblique_vox2world, sitk_image, voxel_grid
 
 
 def _transforms(centre=(0.0, 0.0, 0.0)) -> dict[str, sitk.Transform]:
@@ -91,8 +79,8 @@ def test_itk_transforms_warp_as_simpleitk_resamples(kind, suffix, tmp_path):
         moving, np.moveaxis(voxel_grid(fixed_shape) + field, -1, 0), order=1, cval=np.nan
     )
     theirs = sitk.Resample(
-        _sitk_image(moving, moving_v2w),
-        _sitk_image(np.zeros(fixed_shape), fixed_v2w),
+        sitk_image(moving, moving_v2w),
+        sitk_image(np.zeros(fixed_shape), fixed_v2w),
         transform,
         sitk.sitkLinear,
         np.nan,
